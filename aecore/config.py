@@ -1,0 +1,264 @@
+"""Configuration: frozen sections loaded from params.yaml, the one home of every default."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aecore.errors import AepipeError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NORMALIZE_METHODS = ("zscore", "minmax", "robust")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the rows come from and which columns play which role."""
+
+    dataset: str
+    source: str
+    id_col: str | None
+    label_col: str | None
+    features: tuple[str, ...] | None
+    image_shape: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    """How features are scaled, and the train/validation split."""
+
+    method: str
+    val_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The autoencoder's kind and shape."""
+
+    kind: str
+    latent_dim: int
+    hidden: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop's settings."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    patience: int
+    device: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How the anomaly threshold is fitted."""
+
+    threshold_quantile: float
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How the latent table is written."""
+
+    row_group_size: int
+    quantize: bool
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every setting of a run, one frozen section per stage."""
+
+    data: DataConfig
+    normalize: NormalizeConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        """Return the settings as dotted keys, e.g. ``{"model.latent_dim": 8}``."""
+        flat: dict[str, Any] = {}
+        for section in dataclasses.fields(self):
+            for key, value in dataclasses.asdict(getattr(self, section.name)).items():
+                flat[f"{section.name}.{key}"] = list(value) if isinstance(value, tuple) else value
+        return flat
+
+    def with_overrides(self, overrides: Mapping[str, Any], origin: str = "override") -> Params:
+        """Return a copy with dotted keys replaced; ``None`` values are skipped."""
+        sections = {
+            f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)
+        }
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, _, key = dotted.partition(".")
+            if section not in sections or key not in sections[section]:
+                message = f"{origin}: unknown parameter {dotted!r}"
+                raise AepipeError(message)
+            sections[section][key] = value
+        return params_from_dict(sections, origin)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML or CLI value to the field's declared type."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if typing.get_origin(annotation) is tuple:
+        if not isinstance(value, list | tuple):
+            message = f"{where}: expected a list, got {value!r}"
+            raise AepipeError(message)
+        return tuple(_coerce(item, args[0], where) for item in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        message = f"{where}: expected true or false, got {value!r}"
+        raise AepipeError(message)
+    try:
+        return annotation(value)
+    except (TypeError, ValueError) as error:
+        message = f"{where}: expected {annotation.__name__}, got {value!r}"
+        raise AepipeError(message) from error
+
+
+def params_from_dict(raw: Mapping[str, Any], origin: str = "params.yaml") -> Params:
+    """Build and validate ``Params`` from a nested mapping (the parsed params.yaml)."""
+    hints = typing.get_type_hints(Params)
+    sections: dict[str, Any] = {}
+    for name, section_type in hints.items():
+        values = raw.get(name)
+        if not isinstance(values, Mapping):
+            message = f"{origin}: section {name!r} is missing"
+            raise AepipeError(message)
+        field_hints = typing.get_type_hints(section_type)
+        unknown = set(values) - set(field_hints)
+        if unknown:
+            message = f"{origin}: unknown parameter {name}.{sorted(unknown)[0]}"
+            raise AepipeError(message)
+        kwargs = {}
+        for key, annotation in field_hints.items():
+            if key not in values:
+                message = f"{origin}: parameter {name}.{key} is missing"
+                raise AepipeError(message)
+            kwargs[key] = _coerce(values[key], annotation, f"{origin}: {name}.{key}")
+        sections[name] = section_type(**kwargs)
+    params = Params(**sections)
+    validate(params, origin)
+    return params
+
+
+def validate(params: Params, origin: str = "params.yaml") -> None:
+    """Raise ``AepipeError`` naming the first parameter that is out of range."""
+    from aecore.models import MODEL_KINDS  # models imports torch: only when validating
+
+    checks = [
+        (
+            "data.dataset",
+            check_name(params.data.dataset) is None,
+            "a name of letters, digits, _ . -",
+        ),
+        ("normalize.method", params.normalize.method in NORMALIZE_METHODS, str(NORMALIZE_METHODS)),
+        ("normalize.val_fraction", 0 < params.normalize.val_fraction < 1, "between 0 and 1"),
+        ("model.kind", params.model.kind in MODEL_KINDS, str(tuple(MODEL_KINDS))),
+        ("model.latent_dim", params.model.latent_dim >= 1, "at least 1"),
+        ("train.epochs", params.train.epochs >= 1, "at least 1"),
+        ("train.batch_size", params.train.batch_size >= 1, "at least 1"),
+        ("train.learning_rate", params.train.learning_rate > 0, "positive"),
+        ("train.patience", params.train.patience >= 1, "at least 1"),
+        ("train.device", params.train.device.split(":")[0] in DEVICES, str(DEVICES)),
+        ("evaluate.threshold_quantile", 0 < params.evaluate.threshold_quantile < 1, "in (0, 1)"),
+        ("export.row_group_size", params.export.row_group_size >= 1, "at least 1"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            section, _, field = key.partition(".")
+            value = getattr(getattr(params, section), field)
+            message = f"{origin}: {key} = {value!r} is invalid; expected {expected}"
+            raise AepipeError(message)
+
+
+def check_name(name: str) -> str | None:
+    """Return why ``name`` cannot name a dataset or batch, or ``None`` when it can.
+
+    Names become folder names under ``data/``, so separators and ``..`` are refused.
+    """
+    if not NAME_PATTERN.match(name) or ".." in name:
+        return f"{name!r} is not a valid name: use letters, digits, '_', '.', '-' (at most 64)"
+    return None
+
+
+def load_params(path: Path, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Load params.yaml, then apply dotted-key overrides (``None`` keeps the file's value)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as error:
+        message = f"{path}: parameters file not found; run from the project root or pass --params"
+        raise AepipeError(message) from error
+    except yaml.YAMLError as error:
+        message = f"{path}: not valid YAML: {str(error).splitlines()[0]}"
+        raise AepipeError(message) from error
+    params = params_from_dict(raw or {}, str(path))
+    return params.with_overrides(overrides or {}, str(path)) if overrides else params
+
+
+def dataset_name(source: str) -> str:
+    """Derive a dataset name from a source: the file's stem, or the folder's name for a glob."""
+    path = re.sub(r"\?.*$", "", source).split("://")[-1]
+    parts = [p for p in path.split("/") if p and not any(c in p for c in "*?[")]
+    stem = parts[-1].split(".")[0] if parts else ""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-_")[:64]
+    return name or "dataset"
+
+
+def resolve_params(
+    path: Path,
+    source: str | None = None,
+    dataset: str | None = None,
+    id_col: str | None = None,
+    label_col: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Params:
+    """Load params.yaml and apply a run's options.
+
+    A ``source`` other than the file's resets the keys that describe the file's source
+    (dataset name, id and label columns, feature list, image shape), so that the demo's
+    settings never leak onto the user's data.
+    """
+    params = load_params(path)
+    data = params.data
+    if source is not None and source != data.source:
+        data = dataclasses.replace(
+            data,
+            source=source,
+            dataset=dataset_name(source),
+            id_col=None,
+            label_col=None,
+            features=None,
+            image_shape=None,
+        )
+    data = dataclasses.replace(
+        data,
+        dataset=dataset or data.dataset,
+        id_col=id_col or data.id_col,
+        label_col=label_col or data.label_col,
+    )
+    return dataclasses.replace(params, data=data).with_overrides(overrides or {}, str(path))

@@ -1,0 +1,186 @@
+"""Reconstruction error, the PCA baseline, the anomaly threshold and the evaluate stage."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from aecore.config import EvaluateConfig
+from aecore.io import read_schema, write_json
+from aecore.models import load_model
+from aecore.train import EVAL_BATCH, load_features
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+@torch.no_grad()
+def encode_and_reconstruct(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the latents ``(n, k)`` and squared errors per feature ``(n, d)`` of rows ``x``.
+
+    Runs in float32 on the model's device, in large slices, so every caller (the
+    export, the evaluation and the registered model) gets the same numbers.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    latents, errors = [], []
+    for rows in torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(EVAL_BATCH):
+        rows = rows.to(device)
+        z = model.encode(rows)
+        latents.append(z.float().cpu().numpy())
+        errors.append(((model.decoder(z) - rows) ** 2).float().cpu().numpy())
+    if not latents:
+        k = model_latent_dim(model)
+        return np.zeros((0, k), np.float32), np.zeros((0, x.shape[1]), np.float32)
+    return np.concatenate(latents), np.concatenate(errors)
+
+
+def model_latent_dim(model: nn.Module) -> int:
+    """Return k, the width of the model's bottleneck."""
+    return [m for m in model.encoder.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+
+def row_errors(feature_errors: np.ndarray) -> np.ndarray:
+    """Mean squared error per row ``(n,)`` from per-feature squared errors ``(n, d)``."""
+    return feature_errors.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def pca_baseline_mse(x_train: np.ndarray, x_val: np.ndarray, k: int) -> float:
+    """Held-out MSE of a rank-``k`` PCA fitted on ``x_train``: the linear baseline."""
+    from sklearn.decomposition import PCA
+
+    k = min(k, *x_train.shape)
+    pca = PCA(n_components=k, svd_solver="full").fit(x_train.astype(np.float64))
+    reconstruction = pca.inverse_transform(pca.transform(x_val.astype(np.float64)))
+    return float(np.mean((reconstruction - x_val) ** 2))
+
+
+def fit_threshold(errors: np.ndarray, quantile: float) -> float:
+    """Return the reconstruction error above which a row is anomalous."""
+    # a quantile, not mean + 3 std: reconstruction errors are heavy-tailed
+    return float(np.quantile(errors, quantile))
+
+
+def summarize_errors(errors: np.ndarray) -> dict[str, float]:
+    """Mean, max and quantiles of per-row errors, as ``recon_error_p99``-style keys."""
+    summary = {"recon_error_mean": float(errors.mean()), "recon_error_max": float(errors.max())}
+    for q in QUANTILES:
+        summary[f"recon_error_p{round(q * 100)}"] = float(np.quantile(errors, q))
+    return summary
+
+
+def binary_labels(labels: np.ndarray | None) -> np.ndarray | None:
+    """Return labels as 0/1 ints when they are a binary anomaly label, else ``None``."""
+    if labels is None or len(labels) == 0:
+        return None
+    try:
+        values = np.asarray(labels, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if np.isnan(values).any() or not set(np.unique(values)) <= {0.0, 1.0}:
+        return None
+    return values.astype(np.int64)
+
+
+def anomaly_metrics(labels: np.ndarray | None, scores: np.ndarray) -> dict[str, float]:
+    """AUROC and average precision of ``scores`` when ``labels`` are binary with both classes."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = binary_labels(labels)
+    if y is None or len(np.unique(y)) < 2:
+        return {}
+    return {
+        "auroc": float(roc_auc_score(y, scores)),
+        "avg_precision": float(average_precision_score(y, scores)),
+    }
+
+
+def read_labels(path: Path, label_col: str | None) -> np.ndarray | None:
+    """Return the label column of a Parquet file as NumPy, or ``None`` without one."""
+    if not label_col:
+        return None
+    return pq.read_table(path, columns=[label_col]).column(0).to_numpy(zero_copy_only=False)
+
+
+def evaluate(
+    processed: Path,
+    model_path: Path,
+    history_path: Path,
+    out_dir: Path,
+    config: EvaluateConfig,
+    image_shape: tuple[int, int] | None = None,
+) -> dict[str, float]:
+    """The evaluate stage: errors, PCA baseline, threshold, AUROC; metrics, report and plots.
+
+    Everything is measured on the held-out split, except ``anomaly_rate`` (all rows).
+
+    Returns:
+        The metrics that are also written to ``out_dir/metrics.json``.
+    """
+    import json
+
+    from aecore import plots
+
+    x, is_val, features = load_features(processed)
+    schema = read_schema(processed)
+    label_col = schema["label_col"]
+    labels = read_labels(processed, label_col)
+    model = load_model(model_path)
+    k = model_latent_dim(model)
+    latents, feature_errors = encode_and_reconstruct(model, x)
+    errors = row_errors(feature_errors)
+    val_errors = errors[is_val]
+    threshold = fit_threshold(val_errors, config.threshold_quantile)
+    recon_mse = float(feature_errors[is_val].mean(dtype=np.float64))
+    pca_mse = pca_baseline_mse(x[~is_val], x[is_val], k)
+    metrics = {
+        "rows": len(x),
+        "features": len(features),
+        "latent_dim": k,
+        "recon_mse": recon_mse,
+        "pca_recon_mse": pca_mse,
+        "recon_mse_vs_pca": recon_mse / pca_mse if pca_mse > 0 else math.inf,
+        "threshold": threshold,
+        "anomaly_rate": float((errors > threshold).mean()),
+        **summarize_errors(val_errors),
+        **anomaly_metrics(labels[is_val] if labels is not None else None, val_errors),
+    }
+    per_feature = dict(zip(features, feature_errors[is_val].mean(axis=0).tolist(), strict=True))
+    history = json.loads(Path(history_path).read_text())["epochs"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots.loss_curves(history, out_dir / "loss_curves.png")
+    plots.error_histogram(errors[is_val], threshold, out_dir / "error_histogram.png")
+    plots.latent_projection(latents, labels, errors, out_dir / "latent_projection.png")
+    if image_shape and math.prod(image_shape) == len(features):
+        sample = np.flatnonzero(is_val)[:10]
+        with torch.no_grad():
+            reconstructed = model(torch.from_numpy(x[sample])).numpy()
+        plots.reconstruction_grid(
+            x[sample], reconstructed, image_shape, out_dir / "reconstructions.png"
+        )
+    write_json(
+        {name: round(v, 6) for name, v in per_feature.items()}, out_dir / "feature_errors.json"
+    )
+    (out_dir / "report.md").write_text(report_markdown(metrics, per_feature))
+    write_json(metrics, out_dir / "metrics.json")
+    return metrics
+
+
+def report_markdown(metrics: dict[str, float], per_feature: dict[str, float]) -> str:
+    """Render the evaluation summary as Markdown (the MLflow and Prefect artifact)."""
+    lines = ["# Evaluation", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.6g} |" for name, value in metrics.items()]
+    worst = sorted(per_feature.items(), key=lambda item: -item[1])[:10]
+    lines += [
+        "",
+        "## Features with the highest held-out error",
+        "",
+        "| feature | MSE |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value:.4g} |" for name, value in worst]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,101 @@
+"""The latent table: the contract with downstream consumers (see README)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aecore.config import ExportConfig
+from aecore.evaluate import encode_and_reconstruct, row_errors
+from aecore.io import file_digest, read_schema, write_parquet
+from aecore.models import load_model
+from aecore.train import load_features
+
+SCHEMA_VERSION = "1"
+META_PREFIX = "aepipe."
+
+
+def latent_columns(
+    latents: np.ndarray, errors: np.ndarray, threshold: float, quantize: bool = False
+) -> dict[str, pa.Array]:
+    """The scored columns of the latent table: ``z0 … z{k-1}``, ``recon_error``, ``is_anomaly``."""
+    z_type = np.float16 if quantize else np.float32
+    columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}
+    columns["recon_error"] = pa.array(errors.astype(np.float32))
+    columns["is_anomaly"] = pa.array(errors > threshold)
+    return columns
+
+
+def write_latents(
+    table: pa.Table, path: Path, metadata: Mapping[str, str], row_group_size: int
+) -> Path:
+    """Write one partition of the latent table atomically, zstd, with ``aepipe.*`` metadata."""
+    stamped = {
+        f"{META_PREFIX}schema_version": SCHEMA_VERSION,
+        f"{META_PREFIX}created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **{f"{META_PREFIX}{key}": str(value) for key, value in metadata.items()},
+    }
+    table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in stamped.items()})
+    return write_parquet(table, path, row_group_size=row_group_size)
+
+
+def export(
+    processed: Path,
+    model_path: Path,
+    normalizer_path: Path,
+    metrics_path: Path,
+    out: Path,
+    config: ExportConfig,
+    metadata: Mapping[str, str] | None = None,
+    data_version: str = "",
+) -> Path:
+    """The export stage: encode every row and write the latent table partition ``out``.
+
+    Args:
+        processed: the normalized features with id, label and split columns.
+        model_path: the trained weights.
+        normalizer_path: its SHA-256 goes into the metadata.
+        metrics_path: the evaluation's metrics.json, which holds the threshold.
+        out: the partition file, e.g. ``data/latents/digits/batch=train/part-0.parquet``.
+        config: row group size and float16 quantization.
+        metadata: more ``aepipe.*`` metadata, e.g. ``model_uri`` and ``mlflow_run_id``.
+        data_version: the version of the input data (DVC md5 of the raw file).
+    """
+    schema = read_schema(processed)
+    x, _, _ = load_features(processed)
+    model = load_model(model_path)
+    threshold = float(json.loads(Path(metrics_path).read_text())["threshold"])
+    latents, feature_errors = encode_and_reconstruct(model, x)
+    passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
+    table = pq.read_table(processed, columns=passthrough)
+    scored = latent_columns(latents, row_errors(feature_errors), threshold, config.quantize)
+    for name, column in scored.items():
+        table = table.append_column(name, column)
+    info = {
+        "latent_dim": str(latents.shape[1]),
+        "threshold": repr(threshold),
+        "normalizer_sha256": file_digest(normalizer_path, "sha256"),
+        "data_version": data_version,
+        "id_col": schema["id_col"],
+        "label_col": schema["label_col"] or "",
+        "model_uri": "",
+        "mlflow_run_id": "",
+        **(metadata or {}),
+    }
+    return write_latents(table, out, info, config.row_group_size)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """Return the ``aepipe.*`` metadata of a latent table file, without the prefix."""
+    raw = pq.read_schema(path).metadata or {}
+    return {
+        k.decode().removeprefix(META_PREFIX): v.decode()
+        for k, v in raw.items()
+        if k.decode().startswith(META_PREFIX)
+    }

@@ -1,0 +1,88 @@
+"""PNG plots of a training run: loss curves, error histogram, latent map, reconstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from aecore.evaluate import binary_labels
+from aecore.io import atomic_path
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
+    plt.close(figure)
+    return path
+
+
+def loss_curves(history: list[dict[str, float]], path: Path) -> Path:
+    """Train and validation loss per epoch, log scale."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    epochs = [row["epoch"] for row in history]
+    axis.plot(epochs, [row["train_loss"] for row in history], label="train_loss")
+    axis.plot(epochs, [row["val_loss"] for row in history], label="val_loss")
+    best = min(history, key=lambda row: row["val_loss"])
+    axis.axvline(best["epoch"], color="grey", linestyle=":", label=f"best epoch {best['epoch']}")
+    axis.set(xlabel="epoch", ylabel="reconstruction MSE", yscale="log", title="Loss curves")
+    axis.legend()
+    return _save(figure, path)
+
+
+def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
+    """Histogram of held-out reconstruction errors with the anomaly threshold marked."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.hist(errors, bins=60, color="tab:blue", alpha=0.8)
+    axis.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.4g}")
+    axis.set(xlabel="reconstruction error (MSE per row)", ylabel="rows", title="Held-out errors")
+    axis.legend()
+    return _save(figure, path)
+
+
+def latent_projection(
+    latents: np.ndarray, labels: np.ndarray | None, errors: np.ndarray, path: Path
+) -> Path:
+    """The latents projected on their first two principal axes, coloured by label or error."""
+    centred = latents.astype(np.float64) - latents.mean(axis=0)
+    if latents.shape[1] > 2:
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        points = centred @ vt[:2].T
+    else:
+        points = np.column_stack([centred, np.zeros((len(centred), 2 - latents.shape[1]))])
+    figure, axis = plt.subplots(figsize=(6, 5))
+    numeric = labels is not None and np.issubdtype(np.asarray(labels).dtype, np.number)
+    if labels is not None and (
+        (numeric and len(np.unique(labels)) <= 20) or binary_labels(labels) is not None
+    ):
+        classes = np.unique(labels)
+        for value in classes:
+            rows = labels == value
+            axis.scatter(points[rows, 0], points[rows, 1], s=6, label=str(value))
+        axis.legend(markerscale=3, fontsize="small", title="label", ncols=2)
+    else:
+        scatter = axis.scatter(points[:, 0], points[:, 1], s=6, c=np.log10(errors + 1e-12))
+        figure.colorbar(scatter, label="log10 reconstruction error")
+    axis.set(xlabel="latent PC 1", ylabel="latent PC 2", title="Latent space (2-D projection)")
+    return _save(figure, path)
+
+
+def reconstruction_grid(
+    originals: np.ndarray, reconstructed: np.ndarray, shape: tuple[int, int], path: Path
+) -> Path:
+    """Originals (top row) against reconstructions (bottom row), drawn as images."""
+    n = len(originals)
+    figure, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
+    for i in range(n):
+        for row, images in enumerate((originals, reconstructed)):
+            axes[row, i].imshow(images[i].reshape(shape), cmap="gray_r")
+            axes[row, i].axis("off")
+    axes[0, 0].set_title("original", fontsize="small", loc="left")
+    axes[1, 0].set_title("reconstructed", fontsize="small", loc="left")
+    return _save(figure, path)

@@ -1,0 +1,52 @@
+"""The MLflow model wrapper: raw rows in, latents, errors and anomaly flags out.
+
+The one aecore module that imports mlflow. A consumer who loads the registered
+model needs aecore (shipped inside the model), torch and pandas, never Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.models
+import mlflow.pyfunc
+import pandas as pd
+
+from aecore.evaluate import encode_and_reconstruct, row_errors
+from aecore.export import latent_columns
+from aecore.models import load_model
+from aecore.normalize import Normalizer
+
+ARTIFACTS = ("model", "normalizer", "scoring")
+
+
+class AutoencoderModel(mlflow.pyfunc.PythonModel):
+    """Normalize raw rows, encode them and score their reconstruction error."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load the weights, the normalizer and the threshold from the model's artifacts."""
+        self.model = load_model(Path(context.artifacts["model"]))
+        self.normalizer = Normalizer.from_json(Path(context.artifacts["normalizer"]))
+        scoring = json.loads(Path(context.artifacts["scoring"]).read_text())
+        self.threshold = float(scoring["threshold"])
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Return ``z0 … z{k-1}``, ``recon_error`` and ``is_anomaly`` for each input row."""
+        x = self.normalizer.transform(pd.DataFrame(model_input), source="model input")
+        latents, feature_errors = encode_and_reconstruct(self.model, x)
+        columns = latent_columns(latents, row_errors(feature_errors), self.threshold)
+        return pd.DataFrame(
+            {name: column.to_numpy(zero_copy_only=False) for name, column in columns.items()},
+            index=model_input.index,
+        )
+
+
+# MLflow "models from code": the logged model is this file, not a pickle.
+mlflow.models.set_model(AutoencoderModel())

@@ -1,0 +1,1 @@
+"""aepipe flows: Prefect orchestration, MLflow tracking and the CLI over aecore."""

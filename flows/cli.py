@@ -1,0 +1,165 @@
+"""The ``aepipe`` command line. Heavy imports happen inside commands, so --help is instant."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="aepipe: train autoencoders on tables and export their latent tables.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+PARAMS_HELP = "Parameters file holding every default."
+Params = Annotated[Path, typer.Option("--params", help=PARAMS_HELP)]
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with status 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``--set key=value`` pairs into overrides; values are parsed as YAML scalars."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"--set {pair!r}: expected section.key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@app.command()
+def run(
+    source: Annotated[
+        str | None, typer.Option(help="CSV/Parquet/JSONL file, folder, glob or URL.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset name; default: from the source.")
+    ] = None,
+    id_col: Annotated[str | None, typer.Option(help="Id column; default: an added row_id.")] = None,
+    label_col: Annotated[
+        str | None, typer.Option(help="Label column (0/1 anomaly label: AUROC).")
+    ] = None,
+    latent_dim: Annotated[int | None, typer.Option(help="Latent size k.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Most epochs to train.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any parameter: section.key=value.")
+    ] = None,
+    params: Params = Path("params.yaml"),
+) -> None:
+    """Run the train-autoencoder flow: ingest, normalize, train, evaluate, export."""
+    start = time.perf_counter()
+    from flows import server
+
+    temporary = server.start_if_needed()  # starts while the imports below run
+    from aecore.config import resolve_params
+    from aecore.errors import AepipeError
+
+    overrides = {"model.latent_dim": latent_dim, "train.epochs": epochs, "train.device": device}
+    overrides |= parse_sets(set_ or [])
+    try:
+        resolved = resolve_params(params, source, dataset, id_col, label_col, overrides)
+        from flows import tracking
+        from flows.train import train_autoencoder
+
+        tracking.warm_up(Path.cwd(), resolved.data.dataset)
+        if temporary:
+            temporary.wait_ready()
+        summary = train_autoencoder(
+            source=source,
+            dataset=dataset,
+            id_col=id_col,
+            label_col=label_col,
+            overrides=overrides,
+            params_path=str(params),
+            root=str(Path.cwd()),
+        )
+    except AepipeError as error:
+        fail(str(error))
+    print_summary(summary, time.perf_counter() - start)
+
+
+def print_summary(summary: dict[str, Any], wall_s: float) -> None:
+    """Print what a run produced, with the time split between stages and orchestration."""
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = summary["metrics"]
+    table = Table(title=f"aepipe run: {summary['dataset']}", show_header=False)
+    table.add_row("rows", f"{metrics['rows']:,} ({metrics['features']} features)")
+    table.add_row("latent dim", str(metrics["latent_dim"]))
+    table.add_row(
+        "held-out recon MSE",
+        f"{metrics['recon_mse']:.4f}  vs PCA {metrics['pca_recon_mse']:.4f} "
+        f"(ratio {metrics['recon_mse_vs_pca']:.3f})",
+    )
+    if "auroc" in metrics:
+        table.add_row("AUROC / AP", f"{metrics['auroc']:.4f} / {metrics['avg_precision']:.4f}")
+    table.add_row(
+        "threshold", f"{metrics['threshold']:.4g} (anomaly rate {metrics['anomaly_rate']:.2%})"
+    )
+    table.add_row(
+        "latent table", f"{summary['latent_table']} ({metrics['compression_ratio']:.1f}x smaller)"
+    )
+    champion = " (champion)" if summary["champion"] else ""
+    table.add_row(
+        "model", f"{summary['dataset']}-autoencoder v{summary['model_version']}{champion}"
+    )
+    table.add_row("MLflow run", f"{summary['run_id']}  (browse: aepipe ui)")
+    stages = summary["stage_seconds"]
+    inside = sum(stages.values())
+    split = "  ".join(f"{name} {seconds:.1f}" for name, seconds in stages.items())
+    table.add_row(
+        "time (s)",
+        f"total {wall_s:.1f} = stages {inside:.1f} ({split}) + orchestration {wall_s - inside:.1f}",
+    )
+    Console().print(table)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Open the MLflow UI on 127.0.0.1 over the project's tracking store."""
+    from flows.tracking import ARTIFACTS, configure, tracking_uri
+
+    configure(Path.cwd())
+    uri = tracking_uri(Path.cwd())
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        uri,
+    ]
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        command += ["--default-artifact-root", (Path.cwd() / ARTIFACTS).resolve().as_uri()]
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)", err=True)
+    os.execv(sys.executable, command)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

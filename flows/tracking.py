@@ -1,0 +1,197 @@
+"""Every MLflow call of aepipe, shared by the Prefect flow and ``aepipe stage``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import mlflow
+from aecore.io import redact_url
+from aecore.layout import Layout
+
+STORE = Path("mlflow") / "mlflow.db"
+ARTIFACTS = Path("mlflow") / "artifacts"
+CHAMPION = "champion"
+MODEL_NAME = "model"  # the model's name inside its run
+
+
+def tracking_uri(root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the project's SQLite store under ``mlflow/``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / STORE).resolve()}"
+
+
+def configure(root: Path) -> str:
+    """Point MLflow at the tracking store; return its URI with secrets hidden."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return redact_url(uri)
+
+
+def warm_up(root: Path, dataset: str) -> None:
+    """Open the tracking and registry stores now, while something else is waited for."""
+    configure(root)
+    mlflow.get_experiment_by_name(dataset)
+    MlflowClient().search_registered_models(max_results=1)
+
+
+def registered_name(dataset: str) -> str:
+    """The registry name of a dataset's model."""
+    return f"{dataset}-autoencoder"
+
+
+def ensure_experiment(name: str, root: Path) -> str:
+    """Return the id of experiment ``name``, creating it (artifacts under mlflow/artifacts)."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        location = (root / ARTIFACTS).resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent run
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def git_commit(root: Path) -> str | None:
+    """The commit checked out in ``root``, or ``None`` outside a git repository."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+@contextmanager
+def start_run(
+    experiment: str, root: Path, params: Mapping[str, Any], tags: Mapping[str, str]
+) -> Iterator[mlflow.ActiveRun]:
+    """Open a run in ``experiment`` with the resolved config as params and the given tags.
+
+    The run ends FAILED when the block raises, FINISHED otherwise.
+    """
+    experiment_id = ensure_experiment(experiment, root)
+    all_tags = {k: v for k, v in tags.items() if v}
+    commit = git_commit(root)
+    if commit:
+        all_tags["mlflow.source.git.commit"] = commit
+    with mlflow.start_run(experiment_id=experiment_id, tags=all_tags) as run:
+        safe = {k: redact_url(v) if isinstance(v, str) else v for k, v in params.items()}
+        mlflow.log_params({k: "null" if v is None else v for k, v in safe.items()})
+        yield run
+
+
+class EpochLogger:
+    """Per-epoch step metrics, sent in batches at most once a second.
+
+    One HTTP or SQLite round trip per epoch would cost more than the epoch itself.
+    """
+
+    def __init__(self, run_id: str, interval_s: float = 1.0) -> None:
+        self.run_id = run_id
+        self.interval_s = interval_s
+        self.pending: list[Metric] = []
+        self.last_flush = time.monotonic()
+        self.client = MlflowClient()
+
+    def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        now_ms = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now_ms, epoch) for k, v in metrics.items()]
+        if time.monotonic() - self.last_flush >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the pending metrics (MLflow takes at most 1000 per batch)."""
+        while self.pending:
+            chunk, self.pending = self.pending[:1000], self.pending[1000:]
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+        self.last_flush = time.monotonic()
+
+
+def log_outputs(layout: Layout, metrics: Mapping[str, float]) -> None:
+    """Log final metrics and the evaluation's artifacts: report, plots, normalizer, history."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    mlflow.log_artifacts(str(layout.reports), "evaluation")
+    mlflow.log_artifact(str(layout.normalizer))
+    mlflow.log_artifact(str(layout.history))
+
+
+def log_model(layout: Layout, threshold: float, example: pd.DataFrame) -> str:
+    """Log the pyfunc model (weights, normalizer, threshold, aecore code); return its URI."""
+    from mlflow.models import infer_signature
+
+    import aecore
+    from aecore.pyfunc import AutoencoderModel
+
+    python_model = AutoencoderModel()
+    with tempfile.TemporaryDirectory() as folder:
+        scoring = Path(folder) / "scoring.json"
+        scoring.write_text(json.dumps({"threshold": threshold}))
+        artifacts = {
+            "model": str(layout.model),
+            "normalizer": str(layout.normalizer),
+            "scoring": str(scoring),
+        }
+        python_model.load_context(mlflow.pyfunc.PythonModelContext(artifacts, None))
+        output = python_model.predict(None, example)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(Path(aecore.__file__).parent / "pyfunc.py"),
+            artifacts=artifacts,
+            code_paths=[str(Path(aecore.__file__).parent)],
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=model_requirements(),
+        )
+    return info.model_uri
+
+
+def model_requirements() -> list[str]:
+    """What a consumer needs to load the model: no Prefect, no aepipe install."""
+    from importlib.metadata import version
+
+    packages = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pyyaml")
+    return [f"{name}>={version(name).split('+')[0]}" for name in packages]
+
+
+def register_model(model_uri: str, dataset: str, val_error: float) -> tuple[str, bool]:
+    """Register the model and move the ``champion`` alias when it beats the current one.
+
+    Returns:
+        ``(version, became_champion)``.
+    """
+    client = MlflowClient()
+    name = registered_name(dataset)
+    version = mlflow.register_model(model_uri, name).version
+    champion_error = champion_val_error(client, name)
+    better = champion_error is None or val_error < champion_error
+    if better:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return str(version), better
+
+
+def champion_val_error(client: MlflowClient, name: str) -> float | None:
+    """The held-out ``recon_mse`` of the current champion, or ``None`` when there is none."""
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    metrics = client.get_run(champion.run_id).data.metrics
+    return metrics.get("recon_mse")

@@ -1,0 +1,253 @@
+"""The ``train-autoencoder`` Prefect flow: one task per stage, tracked in MLflow."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+import pyarrow.parquet as pq
+from prefect import Task, flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import get_run_context
+from prefect.states import State
+
+from aecore import config as cfg
+from aecore import evaluate, export, io, normalize, train
+from aecore.errors import AepipeError
+from aecore.layout import Layout
+from flows import tracking
+
+T = TypeVar("T")
+STAGES = ("ingest", "normalize", "train", "evaluate", "export")
+
+
+def retry_unless_user_error(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry network and storage faults, not a missing file or a wrong column."""
+    return not isinstance(state.result(raise_on_failure=False), AepipeError)
+
+
+def timed(function: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+    """Call ``function`` and return its result with the seconds it took."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)  # the source may be remote
+def ingest_task(config: cfg.DataConfig, layout: Layout) -> tuple[Path, float]:
+    """Read the source and write the raw table."""
+    return timed(io.ingest, config, layout.raw)
+
+
+@task(cache_policy=NO_CACHE)
+def normalize_task(config: cfg.NormalizeConfig, layout: Layout) -> tuple[Path, float]:
+    """Split, fit the normalizer on the train split, scale every row."""
+    return timed(normalize.normalize, layout.raw, layout.processed, layout.normalizer, config)
+
+
+@task(cache_policy=NO_CACHE)
+def train_task(
+    model_config: cfg.ModelConfig,
+    train_config: cfg.TrainConfig,
+    layout: Layout,
+    on_epoch: train.OnEpoch | None = None,
+) -> tuple[dict, float]:
+    """Train the autoencoder, keeping the best validation weights."""
+    return timed(
+        train.fit_autoencoder,
+        layout.processed,
+        layout.model,
+        layout.history,
+        model_config,
+        train_config,
+        on_epoch,
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_task(params: cfg.Params, layout: Layout) -> tuple[dict, float]:
+    """Measure reconstruction error, the PCA baseline and the threshold; draw the plots."""
+    return timed(
+        evaluate.evaluate,
+        layout.processed,
+        layout.model,
+        layout.history,
+        layout.reports,
+        params.evaluate,
+        params.data.image_shape,
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def export_task(
+    config: cfg.ExportConfig, layout: Layout, metadata: dict[str, str], data_version: str
+) -> tuple[Path, float]:
+    """Write the latent table's ``batch=train`` partition."""
+    return timed(
+        export.export,
+        layout.processed,
+        layout.model,
+        layout.normalizer,
+        layout.metrics,
+        layout.partition("train"),
+        config,
+        metadata,
+        data_version,
+    )
+
+
+class EpochReporter:
+    """Sends each epoch's losses to MLflow and shows them on a progress bar or in the log."""
+
+    def __init__(self, logger: tracking.EpochLogger, epochs: int) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.logger = logger
+        self.epochs = epochs
+        self.progress = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} epochs"),
+            TextColumn("{task.fields[losses]}"),
+            TimeElapsedColumn(),
+            disable=not sys.stderr.isatty(),
+            transient=True,
+            redirect_stdout=False,
+        )
+        self.bar = self.progress.add_task("train", total=epochs, losses="")
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.logger(epoch, metrics)
+        losses = f"train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}"
+        self.progress.update(self.bar, completed=epoch + 1, losses=losses)
+        if self.progress.disable and (epoch + 1) % max(self.epochs // 10, 1) == 0:
+            get_run_logger().info("epoch %d/%d  %s", epoch + 1, self.epochs, losses)
+
+    def __enter__(self) -> EpochReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+        self.logger.flush()
+
+
+def artifact_key(dataset: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) for a dataset."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{dataset.lower()}-evaluation")
+
+
+def input_example(layout: Layout, rows: int = 5) -> pd.DataFrame:
+    """The first raw rows' feature columns: the registered model's input example."""
+    features = io.read_schema(layout.raw)["features"]
+    table = pq.ParquetFile(layout.raw).iter_batches(batch_size=rows, columns=features)
+    return next(table).to_pandas()
+
+
+@flow(name="train-autoencoder", log_prints=True)
+def train_autoencoder(
+    source: str | None = None,
+    dataset: str | None = None,
+    id_col: str | None = None,
+    label_col: str | None = None,
+    latent_dim: int | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    params_path: str = "params.yaml",
+    root: str = ".",
+) -> dict[str, Any]:
+    """Ingest, normalize, train, evaluate and export; track the run in MLflow.
+
+    Args:
+        source: CSV, Parquet or JSONL file, folder, glob or fsspec URL; default params.yaml's.
+        dataset: the dataset's name; default: derived from the source.
+        id_col: the id column; default: an added ``row_id``.
+        label_col: a label column passed through (AUROC when it is a 0/1 anomaly label).
+        latent_dim: the bottleneck size k.
+        epochs: the most epochs to train.
+        device: auto, cpu, cuda or mps.
+        overrides: any other parameter as dotted keys, e.g. ``{"train.learning_rate": 0.001}``.
+        params_path: the parameters file, relative to ``root``.
+        root: the project folder that holds data/ and mlflow/.
+
+    Returns:
+        A summary: metrics, the latent table's path, the MLflow run id and model version.
+    """
+    base = Path(root).resolve()
+    params = cfg.resolve_params(
+        base / params_path,
+        source,
+        dataset,
+        id_col,
+        label_col,
+        {
+            "model.latent_dim": latent_dim,
+            "train.epochs": epochs,
+            "train.device": device,
+            **(overrides or {}),
+        },
+    )
+    layout = Layout(base, params.data.dataset)
+    tracking.configure(base)
+    context = get_run_context()
+    flow_run_id = str(context.flow_run.id) if getattr(context, "flow_run", None) else ""
+    tags = {"prefect.flow_run_id": flow_run_id, "aepipe.dataset": params.data.dataset}
+    seconds: dict[str, float] = {}
+    with tracking.start_run(params.data.dataset, base, params.as_flat_dict(), tags) as run:
+        run_id = run.info.run_id
+        _, seconds["ingest"] = ingest_task(params.data, layout)
+        _, seconds["normalize"] = normalize_task(params.normalize, layout)
+        with EpochReporter(tracking.EpochLogger(run_id), params.train.epochs) as reporter:
+            fit, seconds["train"] = train_task(params.model, params.train, layout, reporter)
+        metrics, seconds["evaluate"] = evaluate_task(params, layout)
+        model_uri = tracking.log_model(layout, metrics["threshold"], input_example(layout))
+        data_version = f"md5:{io.file_digest(layout.raw)}"
+        table, seconds["export"] = export_task(
+            params.export, layout, {"model_uri": model_uri, "mlflow_run_id": run_id}, data_version
+        )
+        final = {
+            **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+            "best_epoch": fit["best_epoch"],
+            "epochs_run": fit["epochs_run"],
+            "train_rows_per_s": fit["train_rows_per_s"],
+            "latent_bytes": table.stat().st_size,
+            "compression_ratio": layout.raw.stat().st_size / table.stat().st_size,
+            **{f"seconds_{stage}": value for stage, value in seconds.items()},
+        }
+        tracking.log_outputs(layout, final)
+        version, champion = tracking.register_model(
+            model_uri, params.data.dataset, metrics["recon_mse"]
+        )
+    report = (layout.reports / "report.md").read_text()
+    model_name = tracking.registered_name(params.data.dataset)
+    status = " (champion)" if champion else ""
+    footer = f"MLflow run `{run_id}`, model `{model_name}` version {version}{status}."
+    create_markdown_artifact(
+        markdown=f"{report}\n{footer}\n",
+        key=artifact_key(params.data.dataset),
+        description=f"Evaluation of {params.data.dataset}",
+    )
+    return {
+        "dataset": params.data.dataset,
+        "metrics": final,
+        "stage_seconds": seconds,
+        "latent_table": str(table),
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "model_version": version,
+        "champion": champion,
+        "device": fit["device"],
+    }
