@@ -13,6 +13,7 @@ from torch import nn
 from aecore.config import EvaluateConfig
 from aecore.io import read_schema, write_json
 from aecore.models import load_model
+from aecore.normalize import Normalizer
 from aecore.train import EVAL_BATCH, load_features
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -109,6 +110,7 @@ def read_labels(path: Path, label_col: str | None) -> np.ndarray | None:
 def evaluate(
     processed: Path,
     model_path: Path,
+    normalizer_path: Path,
     history_path: Path,
     out_dir: Path,
     config: EvaluateConfig,
@@ -159,8 +161,12 @@ def evaluate(
         sample = np.flatnonzero(is_val)[:10]
         with torch.no_grad():
             reconstructed = model(torch.from_numpy(x[sample])).numpy()
+        normalizer = Normalizer.from_json(normalizer_path)
         plots.reconstruction_grid(
-            x[sample], reconstructed, image_shape, out_dir / "reconstructions.png"
+            normalizer.inverse_transform(x[sample]),
+            normalizer.inverse_transform(reconstructed),
+            image_shape,
+            out_dir / "reconstructions.png",
         )
     write_json(
         {name: round(v, 6) for name, v in per_feature.items()}, out_dir / "feature_errors.json"

@@ -71,6 +71,10 @@ class Normalizer:
         x = np.where(np.isnan(x), self.median_, x)
         return ((x - self.center_) / self.scale_).astype(np.float32)
 
+    def inverse_transform(self, x: np.ndarray) -> np.ndarray:
+        """Map scaled rows ``(n, d)`` back to the source's units."""
+        return x.astype(np.float64) * self.scale_ + self.center_
+
     def to_dict(self) -> dict:
         """Return the fitted state as plain JSON-ready values."""
         return {

@@ -39,9 +39,13 @@ def loss_curves(history: list[dict[str, float]], path: Path) -> Path:
 def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
     """Histogram of held-out reconstruction errors with the anomaly threshold marked."""
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.hist(errors, bins=60, color="tab:blue", alpha=0.8)
+    positive = errors[errors > 0]
+    low, high = (positive.min(), positive.max()) if len(positive) else (1e-6, 1.0)
+    bins = np.geomspace(low, max(high, low * 1.01), 60)  # errors are heavy-tailed: log bins
+    axis.hist(np.clip(errors, low, None), bins=bins, color="tab:blue", alpha=0.8)
     axis.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.4g}")
-    axis.set(xlabel="reconstruction error (MSE per row)", ylabel="rows", title="Held-out errors")
+    axis.set(xscale="log", xlabel="reconstruction error (MSE per row)", ylabel="rows")
+    axis.set_title("Held-out reconstruction errors")
     axis.legend()
     return _save(figure, path)
 
@@ -69,19 +73,30 @@ def latent_projection(
     else:
         scatter = axis.scatter(points[:, 0], points[:, 1], s=6, c=np.log10(errors + 1e-12))
         figure.colorbar(scatter, label="log10 reconstruction error")
-    axis.set(xlabel="latent PC 1", ylabel="latent PC 2", title="Latent space (2-D projection)")
+    low, high = np.percentile(points, [0.5, 99.5], axis=0)
+    margin = 0.05 * (high - low) + 1e-9
+    axis.set(
+        xlim=(low[0] - margin[0], high[0] + margin[0]),
+        ylim=(low[1] - margin[1], high[1] + margin[1]),
+    )
+    axis.set(
+        xlabel="latent PC 1",
+        ylabel="latent PC 2",
+        title="Latent space (2-D projection, 99% of rows)",
+    )
     return _save(figure, path)
 
 
 def reconstruction_grid(
     originals: np.ndarray, reconstructed: np.ndarray, shape: tuple[int, int], path: Path
 ) -> Path:
-    """Originals (top row) against reconstructions (bottom row), drawn as images."""
+    """Originals (top row) against reconstructions (bottom row), in the source's units."""
     n = len(originals)
     figure, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
+    low, high = float(originals.min()), float(originals.max())  # one scale for both rows
     for i in range(n):
         for row, images in enumerate((originals, reconstructed)):
-            axes[row, i].imshow(images[i].reshape(shape), cmap="gray_r")
+            axes[row, i].imshow(images[i].reshape(shape), cmap="gray_r", vmin=low, vmax=high)
             axes[row, i].axis("off")
     axes[0, 0].set_title("original", fontsize="small", loc="left")
     axes[1, 0].set_title("reconstructed", fontsize="small", loc="left")

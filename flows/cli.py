@@ -134,26 +134,25 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Open the MLflow UI on 127.0.0.1 over the project's tracking store."""
-    from flows.tracking import ARTIFACTS, configure, tracking_uri
+    from flows.tracking import artifact_root, configure, tracking_uri
 
     configure(Path.cwd())
     uri = tracking_uri(Path.cwd())
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        uri,
-    ]
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        command += ["--default-artifact-root", (Path.cwd() / ARTIFACTS).resolve().as_uri()]
+    if uri.startswith(("http://", "https://")):
+        fail(f"MLFLOW_TRACKING_URI points at a tracking server: open {redact(uri)} instead")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    if artifact_root(Path.cwd()):
+        command += ["--default-artifact-root", str(artifact_root(Path.cwd()))]
     typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)", err=True)
     os.execv(sys.executable, command)
+
+
+def redact(url: str) -> str:
+    """Hide credentials in a URL before printing it."""
+    from aecore.io import redact_url
+
+    return redact_url(url)
 
 
 def main() -> None:

@@ -27,9 +27,24 @@ CHAMPION = "champion"
 MODEL_NAME = "model"  # the model's name inside its run
 
 
+def default_uri(root: Path) -> str:
+    """The embedded store: SQLite under ``mlflow/``, artifacts in ``mlflow/artifacts``."""
+    return f"sqlite:///{(root / STORE).resolve()}"
+
+
 def tracking_uri(root: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the project's SQLite store under ``mlflow/``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / STORE).resolve()}"
+    """``MLFLOW_TRACKING_URI`` when set, else the project's embedded store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+
+
+def artifact_root(root: Path) -> str | None:
+    """Where new experiments keep artifacts: mlflow/artifacts for the embedded store.
+
+    ``None`` lets another tracking server decide.
+    """
+    if tracking_uri(root) != default_uri(root):
+        return None
+    return (root / ARTIFACTS).resolve().as_uri()
 
 
 def configure(root: Path) -> str:
@@ -59,11 +74,8 @@ def ensure_experiment(name: str, root: Path) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        location = (root / ARTIFACTS).resolve().as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=artifact_root(root))
     except MlflowException:  # created meanwhile by a concurrent run
         return mlflow.get_experiment_by_name(name).experiment_id
 

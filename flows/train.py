@@ -83,6 +83,7 @@ def evaluate_task(params: cfg.Params, layout: Layout) -> tuple[dict, float]:
         evaluate.evaluate,
         layout.processed,
         layout.model,
+        layout.normalizer,
         layout.history,
         layout.reports,
         params.evaluate,
