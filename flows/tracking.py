@@ -32,9 +32,16 @@ def default_uri(root: Path) -> str:
     return f"sqlite:///{(root / STORE).resolve()}"
 
 
+# MLflow exports the URI it is given to MLFLOW_TRACKING_URI; these are the ones we gave.
+_EMBEDDED_URIS: set[str] = set()
+
+
 def tracking_uri(root: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the project's embedded store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+    """``MLFLOW_TRACKING_URI`` when the user set it, else the project's embedded store."""
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if user_uri and user_uri not in _EMBEDDED_URIS:
+        return user_uri
+    return default_uri(root)
 
 
 def artifact_root(root: Path) -> str | None:
@@ -51,8 +58,9 @@ def configure(root: Path) -> str:
     """Point MLflow at the tracking store; return its URI with secrets hidden."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri(root)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if uri == default_uri(root):
+        _EMBEDDED_URIS.add(uri)
+        (root / STORE).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return redact_url(uri)
 

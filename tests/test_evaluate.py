@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from aecore.evaluate import (
+    anomaly_metrics,
+    binary_labels,
+    encode_and_reconstruct,
+    fit_threshold,
+    pca_baseline_mse,
+    row_errors,
+)
+from aecore.models import DenseAutoencoder
+from aecore.train import train
+
+
+def test_pca_baseline_matches_a_direct_svd():
+    generator = np.random.default_rng(0)
+    x = generator.normal(size=(300, 8)) @ generator.normal(size=(8, 8))
+    train_rows, val_rows = x[:240], x[240:]
+    mean = train_rows.mean(axis=0)
+    _, _, vt = np.linalg.svd(train_rows - mean, full_matrices=False)
+    basis = vt[:3]
+    reconstruction = (val_rows - mean) @ basis.T @ basis + mean
+    expected = np.mean((reconstruction - val_rows) ** 2)
+    assert pca_baseline_mse(train_rows, val_rows, 3) == pytest.approx(expected, rel=1e-9)
+
+
+def test_threshold_is_a_quantile():
+    errors = np.arange(1, 101, dtype=float)
+    assert fit_threshold(errors, 0.9) == pytest.approx(np.quantile(errors, 0.9))
+
+
+def test_binary_labels_only():
+    assert binary_labels(np.array([0, 1, 1])).tolist() == [0, 1, 1]
+    assert binary_labels(np.array([0.0, 1.0])) is not None
+    assert binary_labels(np.arange(10)) is None  # digit classes are not anomaly labels
+    assert binary_labels(np.array(["a", "b"], dtype=object)) is None
+    assert anomaly_metrics(np.zeros(5), np.arange(5.0)) == {}  # one class: undefined
+
+
+def test_errors_per_row_and_feature():
+    model = DenseAutoencoder(4, 2, (8,))
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    latents, feature_errors = encode_and_reconstruct(model, x)
+    with torch.no_grad():
+        expected = (model(torch.from_numpy(x)) - torch.from_numpy(x)) ** 2
+    np.testing.assert_allclose(feature_errors, expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(row_errors(feature_errors), expected.mean(dim=1).numpy(), rtol=1e-6)
+    assert latents.shape == (10, 2)
+
+
+def test_planted_outliers_are_found(params):
+    """Low-rank rows with 3% planted outliers: reconstruction error must rank them high."""
+    generator = np.random.default_rng(2)
+    x = generator.normal(size=(800, 3)) @ generator.normal(size=(3, 12))
+    labels = np.zeros(800, dtype=int)
+    rows = generator.choice(800, 24, replace=False)
+    x[rows] += generator.normal(0, 3, (24, 12))
+    labels[rows] = 1
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    torch.manual_seed(0)
+    model = DenseAutoencoder(12, 3, (32, 16))
+    config = params.train.__class__(**{**params.train.__dict__, "epochs": 60, "device": "cpu"})
+    train(model, torch.from_numpy(x[:640]), torch.from_numpy(x[640:]), config)
+    errors = row_errors(encode_and_reconstruct(model, x)[1])
+    metrics = anomaly_metrics(labels, errors)
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(labels, errors))
+    assert metrics["avg_precision"] == pytest.approx(average_precision_score(labels, errors))
+    assert metrics["auroc"] > 0.95

@@ -1,0 +1,117 @@
+import dataclasses
+import json
+
+import duckdb
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from aecore import io
+from aecore.config import DataConfig, ExportConfig, NormalizeConfig
+from aecore.evaluate import encode_and_reconstruct, row_errors
+from aecore.export import export, read_metadata
+from aecore.layout import Layout
+from aecore.models import load_model
+from aecore.normalize import Normalizer, normalize
+from aecore.train import fit_autoencoder, load_features
+
+
+@pytest.fixture
+def trained(tmp_path, frame, params):
+    """A dataset taken through ingest, normalize and train, with a threshold."""
+    layout = Layout(tmp_path, "t")
+    source = tmp_path / "t.parquet"
+    frame.to_parquet(source)
+    io.ingest(DataConfig("t", str(source), "id", "label", None, None), layout.raw)
+    normalize(layout.raw, layout.processed, layout.normalizer, NormalizeConfig("zscore", 0.2, 0))
+    model = dataclasses.replace(params.model, latent_dim=3)
+    fit_autoencoder(
+        layout.processed,
+        layout.model,
+        layout.history,
+        model,
+        dataclasses.replace(params.train, epochs=5, device="cpu"),
+    )
+    io.write_json({"threshold": 0.5}, layout.metrics)
+    return layout
+
+
+def run_export(layout, quantize=False, metadata=None):
+    return export(
+        layout.processed,
+        layout.model,
+        layout.normalizer,
+        layout.metrics,
+        layout.partition("train"),
+        ExportConfig(128, quantize),
+        metadata,
+        "md5:abc",
+    )
+
+
+def test_latent_table_contract(trained, frame):
+    path = run_export(trained, metadata={"model_uri": "models:/m-1", "mlflow_run_id": "r1"})
+    assert path == trained.data / "latents" / "t" / "batch=train" / "part-0.parquet"
+    table = pq.read_table(path)
+    assert table.column_names == ["id", "label", "z0", "z1", "z2", "recon_error", "is_anomaly"]
+    assert [str(table.schema.field(c).type) for c in ("z0", "recon_error", "is_anomaly")] == [
+        "float",
+        "float",
+        "bool",
+    ]
+    file = pq.ParquetFile(path)
+    assert file.metadata.row_group(0).column(0).compression == "ZSTD"
+    assert file.metadata.num_row_groups == 2  # 200 rows in groups of 128
+    meta = read_metadata(path)
+    assert meta["latent_dim"] == "3" and meta["threshold"] == "0.5"
+    assert meta["model_uri"] == "models:/m-1" and meta["mlflow_run_id"] == "r1"
+    assert meta["normalizer_sha256"] == io.file_digest(trained.normalizer, "sha256")
+    assert meta["data_version"] == "md5:abc" and meta["schema_version"] == "1"
+    assert meta["created_at"].endswith("+00:00")
+    back = table.to_pandas()
+    assert back["id"].tolist() == frame["id"].tolist()
+    assert back["is_anomaly"].tolist() == (back["recon_error"] > 0.5).tolist()
+
+
+def test_scores_match_an_independent_recomputation(trained, frame):
+    table = pq.read_table(run_export(trained)).to_pandas()
+    normalizer = Normalizer.from_json(trained.normalizer)
+    model = load_model(trained.model)
+    latents, feature_errors = encode_and_reconstruct(model, normalizer.transform(frame))
+    np.testing.assert_allclose(table[["z0", "z1", "z2"]].to_numpy(), latents, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table["recon_error"], row_errors(feature_errors), rtol=1e-5)
+    x, _, _ = load_features(trained.processed)
+    np.testing.assert_allclose(x, normalizer.transform(frame))
+
+
+def test_every_reader_reads_it_and_reruns_replace_the_partition(trained):
+    run_export(trained)
+    run_export(trained)  # a second training run replaces batch=train
+    root = trained.latents
+    assert len(pd.read_parquet(root)) == 200
+    assert ds.dataset(root, partitioning="hive").to_table().num_rows == 200
+    glob = f"{root}/**/*.parquet"
+    count, batch = duckdb.sql(
+        f"select count(*), min(batch) from read_parquet('{glob}', hive_partitioning=true)"
+    ).fetchall()[0]
+    assert (count, batch) == (200, "train")
+    assert pl.read_parquet(glob, hive_partitioning=True).height == 200
+
+
+def test_quantized_latents_are_float16(trained):
+    table = pq.read_table(run_export(trained, quantize=True))
+    assert str(table.schema.field("z0").type) == "halffloat"
+    assert str(table.schema.field("recon_error").type) == "float"
+
+
+def test_failed_export_leaves_the_old_partition(trained):
+    path = run_export(trained)
+    before = path.read_bytes()
+    trained.metrics.write_text(json.dumps({"no": "threshold"}))
+    with pytest.raises(KeyError):
+        run_export(trained)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]

@@ -1,0 +1,186 @@
+"""The real flow, end to end: Prefect's test server, a SQLite MLflow store, Parquet read back."""
+
+import subprocess
+
+import duckdb
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.testing.utilities import prefect_test_harness
+
+from aecore.export import read_metadata
+from flows import tracking
+from flows.train import train_autoencoder
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits_project(tmp_path_factory):
+    from tests.conftest import write_project
+
+    root = write_project(tmp_path_factory.mktemp("project"), train__epochs=15, train__patience=50)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], cwd=root, check=True)
+    first = train_autoencoder(root=str(root))
+    second = train_autoencoder(root=str(root), epochs=1)  # a worse model
+    return root, first, second
+
+
+def test_latent_table_is_written_and_readable(digits_project):
+    root, first, second = digits_project
+    path = root / "data/latents/digits/batch=train/part-0.parquet"
+    assert second["latent_table"] == str(path)
+    table = pd.read_parquet(path)
+    assert len(table) == 1797
+    assert list(table.columns) == [
+        "row_id",
+        "target",
+        *[f"z{i}" for i in range(8)],
+        "recon_error",
+        "is_anomaly",
+    ]
+    meta = read_metadata(path)
+    assert meta["mlflow_run_id"] == second["run_id"]
+    assert meta["model_uri"] == second["model_uri"]
+    assert meta["latent_dim"] == "8"
+    rows = duckdb.sql(
+        f"select count(*) from read_parquet('{root}/data/latents/digits/**/*.parquet', "
+        "hive_partitioning=true) where batch = 'train'"
+    ).fetchall()
+    assert rows == [(1797,)]  # two runs, one partition, no duplicates
+
+
+def test_mlflow_run_holds_params_metrics_artifacts_and_tags(digits_project):
+    root, first, _ = digits_project
+    client = MlflowClient(tracking.default_uri(root))
+    run = client.get_run(first["run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "digits"
+    assert run.data.params["model.latent_dim"] == "8"
+    assert run.data.params["train.epochs"] == "15"
+    assert run.data.params["data.source"] == "sklearn:digits"
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in history] == list(range(15))
+    metrics = run.data.metrics
+    for name in (
+        "recon_mse",
+        "pca_recon_mse",
+        "recon_mse_vs_pca",
+        "threshold",
+        "anomaly_rate",
+        "latent_bytes",
+        "compression_ratio",
+        "train_rows_per_s",
+        "seconds_ingest",
+        "seconds_normalize",
+        "seconds_train",
+        "seconds_evaluate",
+        "seconds_export",
+    ):
+        assert name in metrics, name
+    assert metrics["recon_mse_vs_pca"] == pytest.approx(
+        metrics["recon_mse"] / metrics["pca_recon_mse"]
+    )
+    assert "auroc" not in metrics  # digit classes are no anomaly label
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    for name in (
+        "loss_curves.png",
+        "error_histogram.png",
+        "latent_projection.png",
+        "reconstructions.png",
+        "report.md",
+        "metrics.json",
+    ):
+        assert f"evaluation/{name}" in artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "normalizer.json",
+        "history.json",
+    }
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
+    assert run.data.tags["prefect.flow_run_id"]
+    assert (root / "mlflow/artifacts").is_dir() and not (root / "mlruns").exists()
+
+
+def test_registered_champion_predicts_the_table(digits_project):
+    root, first, second = digits_project
+    mlflow.set_tracking_uri(tracking.default_uri(root))
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("digits-autoencoder", "champion")
+    assert (first["champion"], second["champion"]) == (True, False)  # the worse one did not win
+    assert str(champion.version) == first["model_version"]
+    assert second["model_version"] == str(int(first["model_version"]) + 1)
+    # the latest table is the second run's: load that exact model and compare
+    model = mlflow.pyfunc.load_model(second["model_uri"])
+    raw = pd.read_parquet(root / "data/raw/digits/data.parquet")
+    table = pd.read_parquet(root / "data/latents/digits/batch=train/part-0.parquet")
+    sample = raw.sample(64, random_state=0)
+    predicted = model.predict(sample.drop(columns=["row_id", "target"]))
+    expected = table.set_index("row_id").loc[sample["row_id"]]
+    latent_columns = [f"z{i}" for i in range(8)]
+    np.testing.assert_allclose(
+        predicted[latent_columns], expected[latent_columns], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(predicted["recon_error"], expected["recon_error"], rtol=1e-5)
+    assert (predicted["is_anomaly"].to_numpy() == expected["is_anomaly"].to_numpy()).all()
+    by_alias = mlflow.pyfunc.load_model("models:/digits-autoencoder@champion")
+    assert by_alias.metadata.signature.inputs.input_names()[:2] == ["pixel_0_0", "pixel_0_1"]
+    # a better model moves the alias
+    version, better = tracking.register_model(second["model_uri"], "digits", val_error=0.0)
+    assert better
+    assert (
+        str(client.get_model_version_by_alias("digits-autoencoder", "champion").version) == version
+    )
+
+
+def test_markdown_artifact_names_the_run(digits_project):
+    _, _, second = digits_project
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["digits-evaluation"]))
+        )
+    assert any(second["run_id"] in (a.data or "") for a in artifacts)
+    assert any("recon_mse" in (a.data or "") for a in artifacts)
+
+
+def test_binary_label_gives_auroc(project, planted):
+    summary = train_autoencoder(
+        source=str(planted), label_col="is_anomaly_label", epochs=30, root=str(project)
+    )
+    assert summary["dataset"] == "planted"
+    assert summary["metrics"]["auroc"] > 0.8
+    assert 0 <= summary["metrics"]["avg_precision"] <= 1
+    table = pd.read_parquet(project / "data/latents/planted")
+    assert table["is_anomaly_label"].sum() == 18 and "row_id" in table
+
+
+@pytest.mark.parametrize(
+    ("source", "options", "message"),
+    [
+        ("missing.csv", {}, "missing.csv: no such file or directory"),
+        ("planted", {"label_col": "nope"}, "label column 'nope' not found"),
+    ],
+)
+def test_bad_input_fails_the_run_and_writes_nothing(project, planted, source, options, message):
+    path = str(planted) if source == "planted" else str(project / source)
+    state = train_autoencoder(source=path, root=str(project), return_state=True, **options)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=message):
+        state.result()
+    assert not (project / "data/latents").exists()
+    client = MlflowClient(tracking.default_uri(project))
+    assert client.search_registered_models() == []
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]

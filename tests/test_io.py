@@ -1,0 +1,126 @@
+import json
+
+import fsspec
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from aecore import io
+from aecore.config import DataConfig
+from aecore.errors import AepipeError
+
+
+def data_config(source, **changes) -> DataConfig:
+    values = dict(
+        dataset="t",
+        source=str(source),
+        id_col=None,
+        label_col=None,
+        features=None,
+        image_shape=None,
+    )
+    return DataConfig(**{**values, **changes})
+
+
+def test_ingest_csv_adds_row_id_and_records_roles(tmp_path, frame):
+    source = tmp_path / "t.csv"
+    frame.drop(columns="id").to_csv(source, index=False)
+    out = io.ingest(data_config(source, label_col="label"), tmp_path / "raw.parquet")
+    table = pq.read_table(out)
+    assert table.column("row_id").to_pylist() == list(range(200))
+    assert table.column("name").to_pylist()[3] == "row 3"  # raw rows are kept whole
+    schema = io.read_schema(out)
+    assert schema["features"] == ["a", "b", "c", "d", "constant"]  # numeric, no label
+    assert (schema["id_col"], schema["label_col"]) == ("row_id", "label")
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl", "csv.gz"])
+def test_ingest_formats_and_id_column(tmp_path, frame, kind):
+    source = tmp_path / f"t.{kind}"
+    if kind == "parquet":
+        frame.to_parquet(source)
+    elif kind == "jsonl":
+        frame.to_json(source, orient="records", lines=True)
+    else:
+        frame.to_csv(source, index=False, compression="gzip")
+    out = io.ingest(data_config(source, id_col="id"), tmp_path / "raw.parquet")
+    back = pd.read_parquet(out)
+    assert "row_id" not in back.columns
+    assert back["id"].tolist() == frame["id"].tolist()
+    assert io.read_schema(out)["features"] == ["a", "b", "c", "d", "constant", "label"]
+
+
+def test_ingest_folder_and_glob_in_file_order(tmp_path, frame):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    frame.iloc[:120].to_csv(folder / "p1.csv", index=False)
+    frame.iloc[120:].to_parquet(folder / "p2.parquet")
+    (folder / "notes.txt").write_text("ignored")
+    for source in (folder, f"{folder}/*.*"):
+        back = pd.read_parquet(io.ingest(data_config(source, id_col="id"), tmp_path / "r.parquet"))
+        assert back["id"].tolist() == frame["id"].tolist()
+
+
+def test_ingest_fsspec_url(tmp_path, frame):
+    with fsspec.open("memory://bucket/t.parquet", "wb") as handle:
+        frame.to_parquet(handle)
+    out = io.ingest(data_config("memory://bucket/t.parquet"), tmp_path / "r.parquet")
+    assert pq.read_metadata(out).num_rows == 200
+
+
+def test_demo_source_is_digits(tmp_path):
+    out = io.ingest(data_config("sklearn:digits", label_col="target"), tmp_path / "r.parquet")
+    assert pq.read_metadata(out).num_rows == 1797
+    assert len(io.read_schema(out)["features"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("changes", "pattern"),
+    [
+        ({"label_col": "y"}, r"t.csv: label column 'y' not found"),
+        ({"id_col": "key"}, r"t.csv: id column 'key' not found"),
+        ({"id_col": "a"}, r"t.csv: id column 'a' has duplicate values"),
+        ({"features": ("a", "name")}, r"t.csv: feature column 'name' is string, not numeric"),
+    ],
+)
+def test_bad_columns_name_file_and_column(tmp_path, frame, changes, pattern):
+    source = tmp_path / "t.csv"
+    frame.assign(a=1.0).to_csv(source, index=False)
+    with pytest.raises(AepipeError, match=pattern):
+        io.ingest(data_config(source, **changes), tmp_path / "raw.parquet")
+    assert not (tmp_path / "raw.parquet").exists()
+
+
+def test_no_numeric_columns(tmp_path):
+    source = tmp_path / "words.csv"
+    source.write_text("w,v\nx,y\nz,q\n")
+    with pytest.raises(
+        AepipeError, match=r"words.csv: no numeric feature columns \(columns: w, v\)"
+    ):
+        io.ingest(data_config(source), tmp_path / "raw.parquet")
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(AepipeError, match=r"nope.csv: no such file or directory"):
+        io.ingest(data_config(tmp_path / "nope.csv"), tmp_path / "raw.parquet")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(AepipeError, match=r"broken.parquet: cannot read as PARQUET") as error:
+        io.ingest(data_config(broken), tmp_path / "raw.parquet")
+    assert "\n" not in str(error.value)
+
+
+def test_redact_url_hides_secrets():
+    assert io.redact_url("s3://key:secret@bucket/x.csv?token=abc") == "s3://***@bucket/x.csv?***"
+    assert io.redact_url("data/x.csv") == "data/x.csv"
+    assert "pw" not in io.redact_url("postgresql://user:pw@db:5432/mlflow")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "m.json"
+    io.write_json({"v": 1}, target)
+    with pytest.raises(RuntimeError), io.atomic_path(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]

@@ -1,0 +1,108 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from aecore.config import ModelConfig
+from aecore.errors import AepipeError
+from aecore.models import DenseAutoencoder, build_model, default_hidden, load_model, save_model
+from aecore.train import select_device, train
+
+
+def low_rank(n=400, d=10, seed=0):
+    generator = np.random.default_rng(seed)
+    x = generator.normal(size=(n, 3)) @ generator.normal(size=(3, d))
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def quick(params, **changes):
+    return dataclasses.replace(params.train, device="cpu", **{"epochs": 20, **changes})
+
+
+def test_shapes_and_default_widths():
+    model = build_model(ModelConfig("dense", 4, None), 64)
+    assert default_hidden(64, 8) == (128, 64)
+    assert model.encode(torch.zeros(5, 64)).shape == (5, 4)
+    assert model(torch.zeros(5, 64)).shape == (5, 64)
+    widths = [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    assert widths == [128, 64, 4]
+
+
+def test_unknown_kind_is_named():
+    with pytest.raises(AepipeError, match="model.kind: 'lstm'"):
+        build_model(ModelConfig("lstm", 4, None), 8)
+
+
+def test_training_lowers_the_loss_and_reports_each_epoch(params):
+    x = low_rank()
+    torch.manual_seed(0)
+    model = DenseAutoencoder(10, 3, (32,))
+    seen = []
+    result = train(
+        model, x[:300], x[300:], quick(params), on_epoch=lambda e, m: seen.append((e, m))
+    )
+    assert [e for e, _ in seen] == list(range(20))
+    assert set(seen[0][1]) == {"train_loss", "val_loss"}
+    assert seen[-1][1]["train_loss"] < 0.5 * seen[0][1]["train_loss"]
+    best = min(h["val_loss"] for h in result.history)
+    assert result.history[result.best_epoch]["val_loss"] == best
+
+
+def test_seeded_training_is_deterministic_on_cpu(params):
+    x = low_rank()
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = DenseAutoencoder(10, 3, (16,))
+        train(model, x[:300], x[300:], quick(params, epochs=5, seed=3))
+        weights.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_early_stopping_and_best_weights(params, tmp_path):
+    x = low_rank()
+    torch.manual_seed(0)
+    model = DenseAutoencoder(10, 3, (16,))
+    # a large learning rate makes val_loss bounce, so patience 2 stops early
+    config = quick(params, epochs=200, patience=2, learning_rate=0.05)
+    result = train(model, x[:300], x[300:], config, checkpoint=tmp_path / "best.pt")
+    assert len(result.history) < 200
+    assert len(result.history) == result.best_epoch + 3
+    restored = load_model(tmp_path / "best.pt")
+    with torch.no_grad():
+        assert torch.equal(restored(x), model(x))  # the model holds the best weights
+
+
+def test_save_and_load_use_weights_only(tmp_path):
+    model = DenseAutoencoder(6, 2, (8,))
+    save_model(model, tmp_path / "m.pt")
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert saved["spec"] == {"kind": "dense", "d": 6, "k": 2, "hidden": [8]}
+    with pytest.raises(AepipeError, match="missing.pt: model file not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_device_selection():
+    assert select_device("cpu").type == "cpu"
+    expected = (
+        "cuda"
+        if torch.cuda.is_available()
+        else "mps"
+        if torch.backends.mps.is_available()
+        else "cpu"
+    )
+    assert select_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(AepipeError, match="CUDA is not available"):
+            select_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_trains_on_cuda_with_bf16(params):
+    x = low_rank()
+    model = DenseAutoencoder(10, 3, (32,)).cuda()
+    result = train(model, x[:300], x[300:], quick(params, device="cuda"))
+    assert result.device.startswith("cuda")
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
