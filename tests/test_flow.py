@@ -39,7 +39,7 @@ def digits_project(tmp_path_factory):
 
 
 def test_latent_table_is_written_and_readable(digits_project):
-    root, first, second = digits_project
+    root, _first, second = digits_project
     path = root / "data/latents/digits/batch=train/part-0.parquet"
     assert second["latent_table"] == str(path)
     table = pd.read_parquet(path)
