@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -75,6 +76,8 @@ def run(
         from flows import tracking
         from flows.train import train_autoencoder
 
+        hide_tracebacks_of_user_errors()
+
         tracking.warm_up(Path.cwd(), resolved.data.dataset)
         if temporary:
             temporary.wait_ready()
@@ -90,6 +93,25 @@ def run(
     except AepipeError as error:
         fail(str(error))
     print_summary(summary, time.perf_counter() - start)
+
+
+class _UserErrorFilter(logging.Filter):
+    """Drop the traceback from log records of user mistakes; the message says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aecore.errors import AepipeError
+
+        if record.exc_info and isinstance(record.exc_info[1], AepipeError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def hide_tracebacks_of_user_errors() -> None:
+    """Keep Prefect's console log to one line when a run fails on bad input."""
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            handler.addFilter(_UserErrorFilter())
 
 
 def print_summary(summary: dict[str, Any], wall_s: float) -> None:

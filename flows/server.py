@@ -53,6 +53,7 @@ class TemporaryServer:
             "on",
         ]  # the command Prefect's own temporary server runs
         env = {
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry calls from a local run
             **os.environ,
             "PREFECT_UI_ENABLED": "0",
             "PREFECT__SERVER_EPHEMERAL": "1",

@@ -1,0 +1,84 @@
+"""The `aepipe` console script, run as a user runs it: a subprocess in a project folder."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+AEPIPE = Path(sys.executable).with_name("aepipe")
+
+
+def aepipe(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+    return subprocess.run(
+        [str(AEPIPE), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_help_is_instant_and_lists_commands(project):
+    start = time.perf_counter()
+    result = aepipe("--help", cwd=project)
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in ("run", "ui"))
+    assert time.perf_counter() - start < 3  # no prefect, mlflow or torch behind --help
+
+
+@pytest.mark.slow
+def test_run_on_a_csv_prints_the_summary(project, planted):
+    result = aepipe(
+        "run",
+        "--source",
+        str(planted),
+        "--label-col",
+        "is_anomaly_label",
+        "--latent-dim",
+        "3",
+        "--epochs",
+        "20",
+        "--device",
+        "cpu",
+        cwd=project,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for text in (
+        "rows",
+        "600 (12 features)",
+        "latent dim",
+        "vs PCA",
+        "AUROC",
+        "MLflow run",
+        "aepipe ui",
+        "orchestration",
+    ):
+        assert text in result.stdout, text
+    table = pd.read_parquet(project / "data/latents/planted/batch=train/part-0.parquet")
+    assert len(table) == 600 and [c for c in table if c.startswith("z")] == ["z0", "z1", "z2"]
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line_and_exit_2(project):
+    result = aepipe("run", "--source", "absent.csv", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: absent.csv: no such file or directory"
+    assert "Traceback" not in result.stderr
+    assert not (project / "data/latents").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.epochs=many"], "train.epochs: expected int, got 'many'"),
+        (["--set", "model.kind=lstm"], "model.kind = 'lstm' is invalid"),
+        (["--dataset", "../outside"], "data.dataset = '../outside' is invalid"),
+        (["--params", "other.yaml"], "other.yaml: parameters file not found"),
+    ],
+)
+def test_bad_parameters_fail_before_any_work(project, args, message):
+    result = aepipe("run", *args, cwd=project, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (project / "data").exists() and not (project / "mlflow").exists()
