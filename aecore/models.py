@@ -26,8 +26,11 @@ def make_layers(widths: list[int]) -> nn.Sequential:
 
 
 def default_hidden(d: int, k: int) -> tuple[int, ...]:
-    """Encoder widths sized from the feature count: two layers, ``2d`` then ``d``, at least 2k."""
-    first = min(max(2 * d, 4 * k, 32), 512)
+    """Encoder widths sized from the feature count: ``4d`` then ``2d``, within [32, 512].
+
+    Measured on digits (d=64, k=8): 256-128 beats 128-64 at the same training time.
+    """
+    first = min(max(4 * d, 4 * k, 32), 512)
     return (first, max(first // 2, 2 * k))
 
 

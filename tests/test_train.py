@@ -22,11 +22,11 @@ def quick(params, **changes):
 
 def test_shapes_and_default_widths():
     model = build_model(ModelConfig("dense", 4, None), 64)
-    assert default_hidden(64, 8) == (128, 64)
+    assert default_hidden(64, 8) == (256, 128)
     assert model.encode(torch.zeros(5, 64)).shape == (5, 4)
     assert model(torch.zeros(5, 64)).shape == (5, 64)
     widths = [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)]
-    assert widths == [128, 64, 4]
+    assert widths == [256, 128, 4]
 
 
 def test_unknown_kind_is_named():
