@@ -28,7 +28,7 @@ FORMATS = {
     ".ndjson": "json",
     ".json": "json",
 }
-COMPRESSIONS = (".gz", ".bz2", ".zst", ".xz")
+COMPRESSIONS = (".gz", ".bz2", ".xz")
 ROW_ID = "row_id"
 META_SCHEMA = b"aepipe.schema"
 

@@ -124,3 +124,11 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         raise RuntimeError
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_errors_never_show_url_secrets(tmp_path):
+    with pytest.raises(AepipeError) as error:
+        io.ingest(
+            data_config("memory://key:secret@bucket/none.csv?token=abc"), tmp_path / "r.parquet"
+        )
+    assert "secret" not in str(error.value) and "abc" not in str(error.value)
