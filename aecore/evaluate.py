@@ -153,10 +153,11 @@ def evaluate(
     }
     per_feature = dict(zip(features, feature_errors[is_val].mean(axis=0).tolist(), strict=True))
     history = json.loads(Path(history_path).read_text())["epochs"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots.loss_curves(history, out_dir / "loss_curves.png")
-    plots.error_histogram(errors[is_val], threshold, out_dir / "error_histogram.png")
-    plots.latent_projection(latents, labels, errors, out_dir / "latent_projection.png")
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    plots.loss_curves(history, figures / "loss_curves.png")
+    plots.error_histogram(errors[is_val], threshold, figures / "error_histogram.png")
+    plots.latent_projection(latents, labels, errors, figures / "latent_projection.png")
     if image_shape and math.prod(image_shape) == len(features):
         sample = np.flatnonzero(is_val)[:10]
         with torch.no_grad():
@@ -166,14 +167,29 @@ def evaluate(
             normalizer.inverse_transform(x[sample]),
             normalizer.inverse_transform(reconstructed),
             image_shape,
-            out_dir / "reconstructions.png",
+            figures / "reconstructions.png",
         )
     write_json(
-        {name: round(v, 6) for name, v in per_feature.items()}, out_dir / "feature_errors.json"
+        {name: round(v, 6) for name, v in per_feature.items()}, figures / "feature_errors.json"
     )
-    (out_dir / "report.md").write_text(report_markdown(metrics, per_feature))
+    (figures / "report.md").write_text(report_markdown(metrics, per_feature))
+    write_plot_data(history, errors[is_val], out_dir)
     write_json(metrics, out_dir / "metrics.json")
     return metrics
+
+
+def write_plot_data(history: list[dict[str, float]], errors: np.ndarray, out_dir: Path) -> None:
+    """Write the loss curves and the error histogram as CSV, for ``dvc plots``."""
+    import pandas as pd
+
+    losses = pd.DataFrame(history)[["epoch", "train_loss", "val_loss"]]
+    losses.to_csv(out_dir / "loss.csv", index=False)
+    positive = errors[errors > 0]
+    edges = np.geomspace(positive.min(), positive.max() * 1.0001, 41) if len(positive) else [0, 1]
+    counts, edges = np.histogram(np.clip(errors, edges[0], None), bins=edges)
+    centres = np.sqrt(edges[:-1] * edges[1:]) if len(positive) else edges[:-1]
+    histogram = pd.DataFrame({"recon_error": centres, "rows": counts})
+    histogram.to_csv(out_dir / "error_histogram.csv", index=False)
 
 
 def report_markdown(metrics: dict[str, float], per_feature: dict[str, float]) -> str:

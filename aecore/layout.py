@@ -59,6 +59,11 @@ class Layout:
         return self.reports / "metrics.json"
 
     @property
+    def figures(self) -> Path:
+        """The evaluation's PNG plots, report.md and feature_errors.json."""
+        return self.reports / "figures"
+
+    @property
     def latents(self) -> Path:
         """The hive-partitioned latent table of this dataset."""
         return self.data / "latents" / self.dataset

@@ -166,6 +166,53 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
 
 
 @app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="ingest, normalize, train, evaluate or export.")],
+    params: Params = Path("params.yaml"),
+) -> None:
+    """Run one stage with params.yaml, without Prefect: what dvc.yaml calls."""
+    from aecore.config import load_params
+    from aecore.errors import AepipeError
+    from flows.stages import STAGES, run_stage
+
+    if name not in STAGES:
+        fail(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
+    try:
+        run_stage(name, load_params(params), Path.cwd())
+    except AepipeError as error:
+        fail(str(error))
+
+
+data_app = typer.Typer(help="Data versions (DVC) of past runs.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("restore")
+def data_restore(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run whose data to restore.")],
+) -> None:
+    """Restore the raw input and latent table of an MLflow run, byte for byte."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from aecore.errors import AepipeError
+    from flows import tracking, versioning
+
+    root = Path.cwd()
+    tracking.configure(root)
+    try:
+        tags = MlflowClient().get_run(run_id).data.tags
+    except MlflowException:
+        fail(f"MLflow run {run_id!r} not found in {redact(tracking.tracking_uri(root))}")
+    try:
+        restored = versioning.restore(root, tags)
+    except AepipeError as error:
+        fail(str(error))
+    for path in restored:
+        typer.echo(f"restored {path.relative_to(root)}")
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,17 +87,6 @@ def ensure_experiment(name: str, root: Path) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
-def git_commit(root: Path) -> str | None:
-    """The commit checked out in ``root``, or ``None`` outside a git repository."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False
-        )
-    except OSError:
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 @contextmanager
 def start_run(
     experiment: str, root: Path, params: Mapping[str, Any], tags: Mapping[str, str]
@@ -109,9 +97,6 @@ def start_run(
     """
     experiment_id = ensure_experiment(experiment, root)
     all_tags = {k: v for k, v in tags.items() if v}
-    commit = git_commit(root)
-    if commit:
-        all_tags["mlflow.source.git.commit"] = commit
     with mlflow.start_run(experiment_id=experiment_id, tags=all_tags) as run:
         safe = {k: redact_url(v) if isinstance(v, str) else v for k, v in params.items()}
         mlflow.log_params({k: "null" if v is None else v for k, v in safe.items()})
@@ -151,6 +136,75 @@ def log_outputs(layout: Layout, metrics: Mapping[str, float]) -> None:
     mlflow.log_artifacts(str(layout.reports), "evaluation")
     mlflow.log_artifact(str(layout.normalizer))
     mlflow.log_artifact(str(layout.history))
+
+
+def log_history(run_id: str, history: list[dict[str, float]]) -> None:
+    """Log per-epoch losses after the fact (``aepipe stage``, where training ran elsewhere)."""
+    logger = EpochLogger(run_id, interval_s=float("inf"))
+    for row in history:
+        logger(int(row["epoch"]), {"train_loss": row["train_loss"], "val_loss": row["val_loss"]})
+    logger.flush()
+
+
+def input_example(layout: Layout, rows: int = 5) -> pd.DataFrame:
+    """The first raw rows' feature columns: the registered model's input example."""
+    import pyarrow.parquet as pq
+
+    from aecore.io import read_schema
+
+    features = read_schema(layout.raw)["features"]
+    batches = pq.ParquetFile(layout.raw).iter_batches(batch_size=rows, columns=features)
+    return next(batches).to_pandas()
+
+
+def publish(
+    layout: Layout,
+    dataset: str,
+    fit: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    run_id: str,
+    write_table: Callable[[dict[str, str]], Path],
+    seconds: Mapping[str, float],
+) -> dict[str, Any]:
+    """Log the model, write the latent table that names it, log results, register.
+
+    The model is registered last, so a failure before leaves no registered version.
+
+    Args:
+        layout: the run's files.
+        dataset: names the registered model.
+        fit: the train stage's summary.
+        metrics: the evaluate stage's metrics.
+        run_id: the active MLflow run.
+        write_table: the export stage, given the metadata that links the table to the model.
+        seconds: time per stage so far; read again after ``write_table`` ran.
+
+    Returns:
+        The run's summary: final metrics, table path, run id, model URI and version.
+    """
+    model_uri = log_model(layout, metrics["threshold"], input_example(layout))
+    table = write_table({"model_uri": model_uri, "mlflow_run_id": run_id})
+    final = {
+        **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        "best_epoch": fit["best_epoch"],
+        "epochs_run": fit["epochs_run"],
+        "train_rows_per_s": fit["train_rows_per_s"],
+        "latent_bytes": table.stat().st_size,
+        "compression_ratio": layout.raw.stat().st_size / table.stat().st_size,
+        **{f"seconds_{stage}": value for stage, value in seconds.items()},
+    }
+    log_outputs(layout, final)
+    version, champion = register_model(model_uri, dataset, metrics["recon_mse"])
+    return {
+        "dataset": dataset,
+        "metrics": final,
+        "latent_table": str(table),
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "model_version": version,
+        "champion": champion,
+        "device": fit["device"],
+    }
 
 
 def log_model(layout: Layout, threshold: float, example: pd.DataFrame) -> str:

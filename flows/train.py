@@ -9,8 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pandas as pd
-import pyarrow.parquet as pq
+import mlflow
 from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -22,7 +21,7 @@ from aecore import config as cfg
 from aecore import evaluate, export, io, normalize, train
 from aecore.errors import AepipeError
 from aecore.layout import Layout
-from flows import tracking
+from flows import tracking, versioning
 
 T = TypeVar("T")
 STAGES = ("ingest", "normalize", "train", "evaluate", "export")
@@ -109,6 +108,12 @@ def export_task(
     )
 
 
+@task(cache_policy=NO_CACHE)
+def version_task(root: Path, layout: Layout, pipeline_matches: bool) -> versioning.Record:
+    """Cache the input and latent table in DVC, commit the pipeline, push to the remote."""
+    return versioning.record(root, layout, pipeline_matches)
+
+
 class EpochReporter:
     """Sends each epoch's losses to MLflow and shows them on a progress bar or in the log."""
 
@@ -148,13 +153,6 @@ class EpochReporter:
 def artifact_key(dataset: str) -> str:
     """A Prefect artifact key (lowercase letters, digits and dashes) for a dataset."""
     return re.sub(r"[^a-z0-9-]+", "-", f"{dataset.lower()}-evaluation")
-
-
-def input_example(layout: Layout, rows: int = 5) -> pd.DataFrame:
-    """The first raw rows' feature columns: the registered model's input example."""
-    features = io.read_schema(layout.raw)["features"]
-    table = pq.ParquetFile(layout.raw).iter_batches(batch_size=rows, columns=features)
-    return next(table).to_pandas()
 
 
 @flow(name="train-autoencoder", log_prints=True)
@@ -209,46 +207,35 @@ def train_autoencoder(
     seconds: dict[str, float] = {}
     with tracking.start_run(params.data.dataset, base, params.as_flat_dict(), tags) as run:
         run_id = run.info.run_id
+        versioning.check_outputs(base, layout)
         _, seconds["ingest"] = ingest_task(params.data, layout)
         _, seconds["normalize"] = normalize_task(params.normalize, layout)
         with EpochReporter(tracking.EpochLogger(run_id), params.train.epochs) as reporter:
             fit, seconds["train"] = train_task(params.model, params.train, layout, reporter)
         metrics, seconds["evaluate"] = evaluate_task(params, layout)
-        model_uri = tracking.log_model(layout, metrics["threshold"], input_example(layout))
         data_version = f"md5:{io.file_digest(layout.raw)}"
-        table, seconds["export"] = export_task(
-            params.export, layout, {"model_uri": model_uri, "mlflow_run_id": run_id}, data_version
+
+        def write_table(metadata: dict[str, str]) -> Path:
+            table, seconds["export"] = export_task(params.export, layout, metadata, data_version)
+            return table
+
+        summary = tracking.publish(
+            layout, params.data.dataset, fit, metrics, run.info.run_id, write_table, seconds
         )
-        final = {
-            **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
-            "best_epoch": fit["best_epoch"],
-            "epochs_run": fit["epochs_run"],
-            "train_rows_per_s": fit["train_rows_per_s"],
-            "latent_bytes": table.stat().st_size,
-            "compression_ratio": layout.raw.stat().st_size / table.stat().st_size,
-            **{f"seconds_{stage}": value for stage, value in seconds.items()},
-        }
-        tracking.log_outputs(layout, final)
-        version, champion = tracking.register_model(
-            model_uri, params.data.dataset, metrics["recon_mse"]
-        )
-    report = (layout.reports / "report.md").read_text()
+        versions = version_task(base, layout, params == cfg.load_params(base / params_path))
+        mlflow.set_tags(versions.tags)
+        for warning in versions.warnings:
+            get_run_logger().warning(warning)
+    report = (layout.figures / "report.md").read_text()
     model_name = tracking.registered_name(params.data.dataset)
-    status = " (champion)" if champion else ""
-    footer = f"MLflow run `{run_id}`, model `{model_name}` version {version}{status}."
+    status = " (champion)" if summary["champion"] else ""
+    footer = (
+        f"MLflow run `{summary['run_id']}`, model `{model_name}` "
+        f"version {summary['model_version']}{status}."
+    )
     create_markdown_artifact(
         markdown=f"{report}\n{footer}\n",
         key=artifact_key(params.data.dataset),
         description=f"Evaluation of {params.data.dataset}",
     )
-    return {
-        "dataset": params.data.dataset,
-        "metrics": final,
-        "stage_seconds": seconds,
-        "latent_table": str(table),
-        "run_id": run_id,
-        "model_uri": model_uri,
-        "model_version": version,
-        "champion": champion,
-        "device": fit["device"],
-    }
+    return {**summary, "stage_seconds": seconds, "warnings": versions.warnings}

@@ -95,15 +95,16 @@ def test_mlflow_run_holds_params_metrics_artifacts_and_tags(digits_project):
     )
     assert "auroc" not in metrics  # digit classes are no anomaly label
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/metrics.json", "evaluation/loss.csv", "evaluation/figures"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/figures")}
     for name in (
         "loss_curves.png",
         "error_histogram.png",
         "latent_projection.png",
         "reconstructions.png",
         "report.md",
-        "metrics.json",
     ):
-        assert f"evaluation/{name}" in artifacts
+        assert f"evaluation/figures/{name}" in figures
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
         "normalizer.json",
         "history.json",

@@ -1,0 +1,201 @@
+"""Data versions with DVC: cache what a run read and wrote, commit the pipeline, push, restore.
+
+Shared by the Prefect flow and the CLI. A file's DVC version is the md5 of its bytes, the
+hash that dvc.lock records and the name of the object in DVC's cache and remotes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aecore.errors import AepipeError
+from aecore.io import atomic_path, file_digest
+from aecore.layout import Layout
+
+log = logging.getLogger("aepipe.versioning")
+
+# MLflow tags naming a run's data: the md5 and the path of each versioned file
+TAGS = {
+    "raw": ("dvc.raw_md5", "aepipe.raw_path"),
+    "latents": ("dvc.latents_md5", "aepipe.latents_path"),
+}
+
+
+@dataclass
+class Record:
+    """What ``record`` did: the tags for MLflow and the warnings for the user."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def git_state(root: Path) -> tuple[str | None, str | None]:
+    """Return ``(commit, warning)``: the checked-out commit and what is wrong with the repo."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode != 0:
+        return None, f"{root}: not a git repository with a commit; run `git init` and commit"
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if status.stdout.strip():
+        return head.stdout.strip(), (
+            f"{root}: uncommitted changes to tracked files; the run's git commit does not "
+            "describe the code that ran: commit them"
+        )
+    return head.stdout.strip(), None
+
+
+def open_repo(root: Path):  # noqa: ANN201 - dvc.repo.Repo, imported lazily
+    """Open the DVC repository at ``root``.
+
+    Raises:
+        AepipeError: when ``root`` is not a DVC repository.
+    """
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        return Repo(str(root), uninitialized=False)
+    except NotDvcRepoError as error:
+        message = f"{root}: not a DVC repository; run `dvc init` and commit .dvc/"
+        raise AepipeError(message) from error
+
+
+def cache_file(repo, path: Path) -> str:  # noqa: ANN001
+    """Put ``path`` into DVC's local cache (a copy) and return its md5."""
+    from dvc_objects.fs import LocalFileSystem
+
+    md5 = file_digest(path)
+    repo.cache.local.add(str(path), LocalFileSystem(), md5)
+    return md5
+
+
+def push(repo, md5s: list[str]) -> str | None:  # noqa: ANN001
+    """Push cached objects to the default remote; return a warning when that fails."""
+    from dvc.exceptions import DvcException
+    from dvc_data.hash_info import HashInfo
+
+    try:
+        result = repo.cloud.push([HashInfo("md5", md5) for md5 in md5s])
+    except DvcException as error:
+        return f"data not pushed to the DVC remote ({error}); the cache keeps it: `dvc push` later"
+    if result.failed:
+        return f"{len(result.failed)} files not pushed to the DVC remote; retry with `dvc push`"
+    return None
+
+
+def check_outputs(root: Path, layout: Layout) -> None:
+    """Refuse to overwrite a raw or latent file that was edited by hand.
+
+    A file is safe to replace when its bytes are in DVC's cache (a run or `dvc commit` put
+    them there). Outside a DVC repository, nothing is checked.
+    """
+    if not (root / ".dvc").is_dir():
+        return
+    cache = root / ".dvc" / "cache" / "files" / "md5"
+    for path in (layout.raw, layout.partition("train")):
+        if path.exists():
+            md5 = file_digest(path)
+            if not (cache / md5[:2] / md5[2:]).exists():
+                message = (
+                    f"{path.relative_to(root)}: changed since the last run and not in DVC's "
+                    "cache; keep it with `dvc commit`, or discard it with `dvc checkout`"
+                )
+                raise AepipeError(message)
+
+
+def data_tags(root: Path, layout: Layout) -> dict[str, str]:
+    """The md5 and the project-relative path of the raw input and the latent table."""
+    tags = {}
+    for name, path in (("raw", layout.raw), ("latents", layout.partition("train"))):
+        md5_tag, path_tag = TAGS[name]
+        tags[md5_tag] = file_digest(path)
+        tags[path_tag] = str(path.relative_to(root))
+    return tags
+
+
+def describe(root: Path, layout: Layout) -> Record:
+    """Tags naming a run's code and data: git commit, md5 and path of input and table."""
+    result = Record(tags=data_tags(root, layout))
+    commit, problem = git_state(root)
+    if commit:
+        result.tags["mlflow.source.git.commit"] = commit
+    if problem:
+        result.warnings.append(problem)
+        result.tags["aepipe.git_dirty"] = "true" if commit else "no-git"
+    return result
+
+
+def record(root: Path, layout: Layout, pipeline_matches: bool) -> Record:
+    """Version a finished run's input and latent table; commit the pipeline; push.
+
+    Args:
+        root: the project (git + DVC repository).
+        layout: the run's files.
+        pipeline_matches: the run used params.yaml unchanged, so its outputs are the
+            dvc.yaml pipeline's; they are then committed to dvc.lock (`dvc status` clean).
+
+    Returns:
+        The MLflow tags (md5 and path of each file, git commit) and any warnings. A missing
+        git or DVC repository, or an unreachable remote, warns and loses nothing.
+    """
+    result = describe(root, layout)
+    try:
+        repo = open_repo(root)
+    except AepipeError as error:
+        result.warnings.append(f"{error}; data are not versioned")
+        return result
+    with repo:
+        md5s = [cache_file(repo, layout.raw), cache_file(repo, layout.partition("train"))]
+        if pipeline_matches:
+            repo.commit(None, force=True)
+        warning = push(repo, md5s)
+    if warning:
+        result.warnings.append(warning)
+    result.tags["aepipe.dvc_pushed"] = "false" if warning else "true"
+    return result
+
+
+def restore(root: Path, tags: dict[str, str]) -> list[Path]:
+    """Put back the raw input and latent table a run recorded, byte for byte.
+
+    Objects missing from the local cache are pulled from the DVC remote. A current file
+    that differs is cached first, so restoring never loses data.
+
+    Returns:
+        The restored paths.
+    """
+    from dvc_data.hash_info import HashInfo
+
+    repo = open_repo(root)
+    restored = []
+    with repo:
+        for md5_tag, path_tag in TAGS.values():
+            if md5_tag not in tags:
+                message = f"the run has no {md5_tag} tag: it was not versioned"
+                raise AepipeError(message)
+            md5, path = tags[md5_tag], root / tags[path_tag]
+            if not path.resolve().is_relative_to((root / "data").resolve()):
+                message = f"{tags[path_tag]}: outside data/, refusing to write there"
+                raise AepipeError(message)
+            source = Path(repo.cache.local.oid_to_path(md5))
+            if not source.exists():
+                result = repo.cloud.pull([HashInfo("md5", md5)])
+                if result.failed or not source.exists():
+                    message = (
+                        f"{tags[path_tag]}: version {md5} is neither in the cache nor on the remote"
+                    )
+                    raise AepipeError(message)
+            if path.exists() and file_digest(path) != md5:
+                cache_file(repo, path)  # keep what is there now
+            with atomic_path(path) as temporary:
+                shutil.copyfile(source, temporary)
+            restored.append(path)
+    return restored
