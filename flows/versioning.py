@@ -80,7 +80,7 @@ def cache_file(repo, path: Path) -> str:  # noqa: ANN001
 def push(repo, md5s: list[str]) -> str | None:  # noqa: ANN001
     """Push cached objects to the default remote; return a warning when that fails."""
     from dvc.exceptions import DvcException
-    from dvc_data.hash_info import HashInfo
+    from dvc_data.hashfile.hash_info import HashInfo
 
     try:
         result = repo.cloud.push([HashInfo("md5", md5) for md5 in md5s])
@@ -172,7 +172,7 @@ def restore(root: Path, tags: dict[str, str]) -> list[Path]:
     Returns:
         The restored paths.
     """
-    from dvc_data.hash_info import HashInfo
+    from dvc_data.hashfile.hash_info import HashInfo
 
     repo = open_repo(root)
     restored = []
