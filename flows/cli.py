@@ -131,6 +131,7 @@ def hide_tracebacks_of_user_errors() -> None:
 def print_summary(summary: dict[str, Any], wall_s: float) -> None:
     """Print what a run produced, with the time split between stages and orchestration."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     metrics = summary["metrics"]
@@ -162,7 +163,10 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
         "time (s)",
         f"total {wall_s:.1f} = stages {inside:.1f} ({split}) + orchestration {wall_s - inside:.1f}",
     )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for warning in summary.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
 @app.command()

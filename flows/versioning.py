@@ -6,7 +6,7 @@ hash that dvc.lock records and the name of the object in DVC's cache and remotes
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -15,8 +15,6 @@ from pathlib import Path
 from aecore.errors import AepipeError
 from aecore.io import atomic_path, file_digest
 from aecore.layout import Layout
-
-log = logging.getLogger("aepipe.versioning")
 
 # MLflow tags naming a run's data: the md5 and the path of each versioned file
 TAGS = {
@@ -152,7 +150,7 @@ def record(root: Path, layout: Layout, pipeline_matches: bool) -> Record:
     except AepipeError as error:
         result.warnings.append(f"{error}; data are not versioned")
         return result
-    with repo:
+    with repo, contextlib.chdir(root):  # DVC resolves some paths against the cwd
         md5s = [cache_file(repo, layout.raw), cache_file(repo, layout.partition("train"))]
         if pipeline_matches:
             repo.commit(None, force=True)
@@ -176,7 +174,7 @@ def restore(root: Path, tags: dict[str, str]) -> list[Path]:
 
     repo = open_repo(root)
     restored = []
-    with repo:
+    with repo, contextlib.chdir(root):
         for md5_tag, path_tag in TAGS.values():
             if md5_tag not in tags:
                 message = f"the run has no {md5_tag} tag: it was not versioned"
