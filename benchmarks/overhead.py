@@ -1,7 +1,8 @@
 """The fixed cost of orchestration: wall time of `aepipe run` minus the time in its stages.
 
-Runs `aepipe run` on digits twice in a fresh project folder, each as a whole process
-(the first also creates Prefect's and MLflow's SQLite databases). The stage times come
+Runs `aepipe run` on digits twice in a fresh git + DVC project, each as a whole process
+(the first also creates Prefect's and MLflow's SQLite databases). Versioning the data
+(DVC cache, dvc.lock, push to the local remote) counts as overhead. The stage times come
 from the run's MLflow metrics (`seconds_<stage>`). Target: overhead <= 10 s on the
 second run. Prints a table; exits 1 when the target is missed.
 
@@ -42,7 +43,16 @@ def stage_seconds(project: Path) -> dict[str, float]:
 def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         project = Path(folder)
-        shutil.copy(REPO / "params.yaml", project / "params.yaml")
+        for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore"):
+            shutil.copy(REPO / name, project / name)
+        shutil.copytree(REPO / "aecore", project / "aecore")
+        shutil.copytree(
+            REPO / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp")
+        )
+        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+        subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+        subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+        subprocess.run([*git, "commit", "-q", "-m", "bench"], cwd=project, check=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
         env |= {
             "PREFECT_HOME": str(project / ".prefect"),

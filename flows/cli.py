@@ -105,7 +105,8 @@ def exit_now(code: int = 0) -> None:
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    atexit._run_exitfuncs()  # stops the temporary server, drains Prefect's log workers
+    logging.shutdown()  # sends Prefect's last logs while its server still listens
+    atexit._run_exitfuncs()  # then stops the temporary server
     os._exit(code)
 
 
