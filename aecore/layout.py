@@ -75,3 +75,9 @@ class Layout:
             message = f"batch id: {problem}"
             raise AepipeError(message)
         return self.latents / f"batch={batch_id}" / "part-0.parquet"
+
+    def stage_files(self) -> list[Path]:
+        """Every file the stages wrote that DVC caches (metrics and plot data go to git)."""
+        fixed = [self.raw, self.processed, self.normalizer, self.model, self.history]
+        figures = sorted(p for p in self.figures.glob("*") if p.is_file())
+        return [p for p in (*fixed, *figures, self.partition("train")) if p.exists()]

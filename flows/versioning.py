@@ -90,18 +90,16 @@ def push(repo, md5s: list[str]) -> str | None:  # noqa: ANN001
 
 
 def check_outputs(root: Path, layout: Layout) -> None:
-    """Refuse to overwrite a raw or latent file that was edited by hand.
+    """Refuse to overwrite a stage output that was edited by hand.
 
-    A file is safe to replace when its bytes are in DVC's cache (a run or `dvc commit` put
-    them there). Outside a DVC repository, nothing is checked.
+    A file is safe to replace when its bytes are in DVC's cache: every run and every
+    `dvc commit` puts them there. Outside a DVC repository, nothing is checked.
     """
     if not (root / ".dvc").is_dir():
         return
-    cache = root / ".dvc" / "cache" / "files" / "md5"
-    for path in (layout.raw, layout.partition("train")):
-        if path.exists():
-            md5 = file_digest(path)
-            if not (cache / md5[:2] / md5[2:]).exists():
+    with open_repo(root) as repo:
+        for path in layout.stage_files():
+            if not Path(repo.cache.local.oid_to_path(file_digest(path))).exists():
                 message = (
                     f"{path.relative_to(root)}: changed since the last run and not in DVC's "
                     "cache; keep it with `dvc commit`, or discard it with `dvc checkout`"
@@ -132,7 +130,7 @@ def describe(root: Path, layout: Layout) -> Record:
 
 
 def record(root: Path, layout: Layout, pipeline_matches: bool) -> Record:
-    """Version a finished run's input and latent table; commit the pipeline; push.
+    """Cache a finished run's files (input, outputs, latent table); commit the pipeline; push.
 
     Args:
         root: the project (git + DVC repository).
@@ -151,7 +149,7 @@ def record(root: Path, layout: Layout, pipeline_matches: bool) -> Record:
         result.warnings.append(f"{error}; data are not versioned")
         return result
     with repo, contextlib.chdir(root):  # DVC resolves some paths against the cwd
-        md5s = [cache_file(repo, layout.raw), cache_file(repo, layout.partition("train"))]
+        md5s = [cache_file(repo, path) for path in layout.stage_files()]
         if pipeline_matches:
             repo.commit(None, force=True)
         warning = push(repo, md5s)

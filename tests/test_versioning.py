@@ -215,15 +215,18 @@ def test_dirty_git_is_named(tmp_path):
     assert tags["aepipe.git_dirty"] == "true"
 
 
-def test_hand_edited_output_is_not_overwritten(tmp_path):
+@pytest.mark.parametrize(
+    "relative",
+    ["data/latents/digits/batch=train/part-0.parquet", "data/processed/digits/normalizer.json"],
+)
+def test_hand_edited_output_is_not_overwritten(tmp_path, relative):
     root = make_repo(tmp_path)
     train_autoencoder(root=str(root))
-    table = root / "data/latents/digits/batch=train/part-0.parquet"
-    edited = pd.read_parquet(table).head(10)
-    edited.to_parquet(table)
-    before = table.read_bytes()
+    edited = root / relative
+    edited.write_bytes(edited.read_bytes()[:-2] + b"  ")  # an edit of any kind
+    before = edited.read_bytes()
     state = train_autoencoder(root=str(root), return_state=True)
     assert state.is_failed()
-    with pytest.raises(AepipeError, match="changed since the last run.*`dvc commit`"):
+    with pytest.raises(AepipeError, match=f"{relative}: changed since the last run.*`dvc commit`"):
         state.result()
-    assert table.read_bytes() == before
+    assert edited.read_bytes() == before
