@@ -79,6 +79,23 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """How new batches are scored."""
+
+    inbox: str
+    batch_rows: int
+    drift_limit: float
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Cron schedules of the served deployments."""
+
+    train_cron: str
+    score_cron: str
+
+
+@dataclass(frozen=True)
 class Params:
     """Every setting of a run, one frozen section per stage."""
 
@@ -88,6 +105,8 @@ class Params:
     train: TrainConfig
     evaluate: EvaluateConfig
     export: ExportConfig
+    score: ScoreConfig
+    schedule: ScheduleConfig
 
     def as_flat_dict(self) -> dict[str, Any]:
         """Return the settings as dotted keys, e.g. ``{"model.latent_dim": 8}``."""
@@ -187,6 +206,8 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("train.device", params.train.device.split(":")[0] in DEVICES, str(DEVICES)),
         ("evaluate.threshold_quantile", 0 < params.evaluate.threshold_quantile < 1, "in (0, 1)"),
         ("export.row_group_size", params.export.row_group_size >= 1, "at least 1"),
+        ("score.batch_rows", params.score.batch_rows >= 1, "at least 1"),
+        ("score.drift_limit", 0 < params.score.drift_limit <= 1, "in (0, 1]"),
     ]
     for key, ok, expected in checks:
         if not ok:

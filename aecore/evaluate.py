@@ -174,8 +174,29 @@ def evaluate(
     )
     (figures / "report.md").write_text(report_markdown(metrics, per_feature))
     write_plot_data(history, errors[is_val], out_dir)
+    reference = scoring_reference(schema, threshold, val_errors, latents[~is_val])
+    write_json(reference, out_dir / "reference.json")
     write_json(metrics, out_dir / "metrics.json")
     return metrics
+
+
+def scoring_reference(
+    schema: dict, threshold: float, val_errors: np.ndarray, train_latents: np.ndarray
+) -> dict:
+    """What scoring new batches needs besides the weights: columns, threshold, drift baseline.
+
+    The error quantiles and latent moments let a scored batch be compared with training.
+    """
+    return {
+        "threshold": threshold,
+        "features": schema["features"],
+        "types": schema["types"],
+        "id_col": schema["id_col"],
+        "label_col": schema["label_col"],
+        "error_quantiles": np.quantile(val_errors, np.linspace(0, 1, 201)).tolist(),
+        "latent_mean": train_latents.mean(axis=0).tolist(),
+        "latent_std": train_latents.std(axis=0).tolist(),
+    }
 
 
 def write_plot_data(history: list[dict[str, float]], errors: np.ndarray, out_dir: Path) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -32,16 +33,21 @@ def latent_columns(
     return columns
 
 
-def write_latents(
-    table: pa.Table, path: Path, metadata: Mapping[str, str], row_group_size: int
-) -> Path:
-    """Write one partition of the latent table atomically, zstd, with ``aepipe.*`` metadata."""
+def stamp(metadata: Mapping[str, object]) -> dict[bytes, bytes]:
+    """The Parquet key-value metadata of a partition: ``aepipe.*`` keys, version and time."""
     stamped = {
         f"{META_PREFIX}schema_version": SCHEMA_VERSION,
         f"{META_PREFIX}created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **{f"{META_PREFIX}{key}": str(value) for key, value in metadata.items()},
     }
-    table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in stamped.items()})
+    return {k.encode(): v.encode() for k, v in stamped.items()}
+
+
+def write_latents(
+    table: pa.Table, path: Path, metadata: Mapping[str, str], row_group_size: int
+) -> Path:
+    """Write one partition of the latent table atomically, zstd, with ``aepipe.*`` metadata."""
+    table = table.replace_schema_metadata(stamp(metadata))
     return write_parquet(table, path, row_group_size=row_group_size)
 
 
@@ -99,3 +105,13 @@ def read_metadata(path: Path) -> dict[str, str]:
         for k, v in raw.items()
         if k.decode().startswith(META_PREFIX)
     }
+
+
+def read_latents(path: Path, batches: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a latent table, all partitions or only ``batches``, with a ``batch`` column."""
+    import pyarrow.dataset as ds
+
+    partitioning = ds.partitioning(pa.schema([("batch", pa.string())]), flavor="hive")
+    dataset = ds.dataset(path, format="parquet", partitioning=partitioning)
+    expression = ds.field("batch").isin(list(batches)) if batches is not None else None
+    return dataset.to_table(filter=expression).to_pandas()

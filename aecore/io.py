@@ -39,7 +39,8 @@ def redact_url(source: str) -> str:
     return re.sub(r"\?.*$", "?***", redacted) if "://" in redacted else redacted
 
 
-def _format_of(path: str) -> str | None:
+def format_of(path: str) -> str | None:
+    """Return ``parquet``, ``csv`` or ``json`` from a file name, or ``None``."""
     name = path.lower()
     for suffix in COMPRESSIONS:
         name = name.removesuffix(suffix)
@@ -69,7 +70,7 @@ def list_source_files(source: str) -> tuple[object, list[str]]:
     except OSError as error:
         message = f"{shown}: cannot list the source: {error}"
         raise AepipeError(message) from error
-    files = sorted(f for f in files if _format_of(f) and not Path(f).name.startswith((".", "_")))
+    files = sorted(f for f in files if format_of(f) and not Path(f).name.startswith((".", "_")))
     if not files:
         message = f"{shown}: no CSV, Parquet or JSONL files found"
         raise AepipeError(message)
@@ -80,7 +81,7 @@ def _read_file(fs: object, path: str, shown: str) -> pa.Table:
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
 
-    kind = _format_of(path)
+    kind = format_of(path)
     if kind is None:
         message = f"{shown}: unknown format; use .csv, .parquet or .jsonl"
         raise AepipeError(message)

@@ -59,6 +59,11 @@ class Layout:
         return self.reports / "metrics.json"
 
     @property
+    def reference(self) -> Path:
+        """What scoring needs: columns, threshold, and the training baseline for drift."""
+        return self.reports / "reference.json"
+
+    @property
     def figures(self) -> Path:
         """The evaluation's PNG plots, report.md and feature_errors.json."""
         return self.reports / "figures"
@@ -79,5 +84,6 @@ class Layout:
     def stage_files(self) -> list[Path]:
         """Every file the stages wrote that DVC caches (metrics and plot data go to git)."""
         fixed = [self.raw, self.processed, self.normalizer, self.model, self.history]
+        fixed.append(self.reference)
         figures = sorted(p for p in self.figures.glob("*") if p.is_file())
         return [p for p in (*fixed, *figures, self.partition("train")) if p.exists()]

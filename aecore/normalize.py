@@ -67,7 +67,10 @@ class Normalizer:
         if not hasattr(self, "scale_"):
             message = "Normalizer is not fitted: call fit() or from_json() first"
             raise AepipeError(message)
-        x = self._select(frame, source)
+        return self.scale(self._select(frame, source))
+
+    def scale(self, x: np.ndarray) -> np.ndarray:
+        """Impute and scale raw feature rows ``(n, d)``, columns in ``self.columns`` order."""
         x = np.where(np.isnan(x), self.median_, x)
         return ((x - self.center_) / self.scale_).astype(np.float32)
 

@@ -29,8 +29,8 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         """Load the weights, the normalizer and the threshold from the model's artifacts."""
         self.model = load_model(Path(context.artifacts["model"]))
         self.normalizer = Normalizer.from_json(Path(context.artifacts["normalizer"]))
-        scoring = json.loads(Path(context.artifacts["scoring"]).read_text())
-        self.threshold = float(scoring["threshold"])
+        self.reference = json.loads(Path(context.artifacts["scoring"]).read_text())
+        self.threshold = float(self.reference["threshold"])
 
     def predict(
         self,

@@ -171,6 +171,116 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
 
 
 @app.command()
+def score(
+    source: Annotated[
+        str | None,
+        typer.Option(help="File, glob or URL (one batch), or a folder (a batch per new file)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model URI; default models:/<dataset>-autoencoder@champion.")
+    ] = None,
+    batch_id: Annotated[
+        str | None, typer.Option(help="Partition name; default: the file's.")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset; default params.yaml's.")] = None,
+    params: Params = Path("params.yaml"),
+) -> None:
+    """Run the score-batch flow: encode and score new rows with the registered model."""
+    from flows import server
+
+    temporary = server.start_if_needed()
+    from aecore.config import load_params
+    from aecore.errors import AepipeError
+
+    try:
+        load_params(params)
+        from flows.score import score_batches
+
+        hide_tracebacks_of_user_errors()
+        if temporary:
+            temporary.wait_ready()
+        results = score_batches(
+            source=source,
+            model=model,
+            batch_id=batch_id,
+            dataset=dataset,
+            params_path=str(params),
+            root=str(Path.cwd()),
+        )
+    except AepipeError as error:
+        fail(str(error))
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console()
+    if not results:
+        console.print("no new files to score")
+    for result in results:
+        metrics = result["metrics"]
+        console.print(
+            f"batch {result['batch_id']}: {metrics['rows']:,} rows, anomaly rate "
+            f"{metrics['anomaly_rate']:.2%}, drift KS {metrics['drift_ks']:.3f} -> "
+            f"{result['partition']} (MLflow run {result['run_id']})",
+            highlight=False,
+        )
+        for warning in result["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    exit_now()
+
+
+@app.command()
+def serve(params: Params = Path("params.yaml")) -> None:
+    """Serve train-autoencoder/weekly and score-batch/nightly on their cron schedules."""
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        from flows.server import configured_in_profile
+
+        if not configured_in_profile():
+            fail(
+                "serving needs a Prefect server: run `prefect server start --host 127.0.0.1` "
+                "and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+            )
+    from aecore.config import load_params
+    from aecore.errors import AepipeError
+
+    try:
+        schedule = load_params(params).schedule
+    except AepipeError as error:
+        fail(str(error))
+    from prefect import serve as prefect_serve
+
+    from flows.score import score_batches
+    from flows.train import train_autoencoder
+
+    common = {"params_path": str(params), "root": str(Path.cwd())}
+    prefect_serve(
+        train_autoencoder.to_deployment(name="weekly", cron=schedule.train_cron, parameters=common),
+        score_batches.to_deployment(name="nightly", cron=schedule.score_cron, parameters=common),
+    )
+
+
+@app.command("make-data")
+def make_data(
+    out: Annotated[Path, typer.Argument(help="Folder to write Parquet files into.")],
+    rows: Annotated[int, typer.Option(help="Number of rows.")] = 100_000,
+    cols: Annotated[int, typer.Option(help="Number of feature columns.")] = 64,
+    anomaly_rate: Annotated[float, typer.Option(help="Share of planted anomalies.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    rows_per_file: Annotated[int, typer.Option(help="Rows per Parquet file.")] = 1_048_576,
+) -> None:
+    """Write a synthetic table (low rank + noise, planted anomalies, a label), streaming."""
+    from aecore.errors import AepipeError
+    from aecore.synthetic import make_data as write
+
+    try:
+        files = write(out, rows, cols, anomaly_rate, seed, rows_per_file)
+    except AepipeError as error:
+        fail(str(error))
+    typer.echo(f"wrote {rows:,} rows x {cols} columns to {len(files)} files in {out}")
+
+
+@app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="ingest, normalize, train, evaluate or export.")],
     params: Params = Path("params.yaml"),

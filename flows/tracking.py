@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -182,7 +180,7 @@ def publish(
     Returns:
         The run's summary: final metrics, table path, run id, model URI and version.
     """
-    model_uri = log_model(layout, metrics["threshold"], input_example(layout))
+    model_uri = log_model(layout, input_example(layout))
     table = write_table({"model_uri": model_uri, "mlflow_run_id": run_id})
     final = {
         **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
@@ -207,33 +205,30 @@ def publish(
     }
 
 
-def log_model(layout: Layout, threshold: float, example: pd.DataFrame) -> str:
-    """Log the pyfunc model (weights, normalizer, threshold, aecore code); return its URI."""
+def log_model(layout: Layout, example: pd.DataFrame) -> str:
+    """Log the pyfunc model (weights, normalizer, reference, aecore code); return its URI."""
     from mlflow.models import infer_signature
 
     import aecore
     from aecore.pyfunc import AutoencoderModel
 
     python_model = AutoencoderModel()
-    with tempfile.TemporaryDirectory() as folder:
-        scoring = Path(folder) / "scoring.json"
-        scoring.write_text(json.dumps({"threshold": threshold}))
-        artifacts = {
-            "model": str(layout.model),
-            "normalizer": str(layout.normalizer),
-            "scoring": str(scoring),
-        }
-        python_model.load_context(mlflow.pyfunc.PythonModelContext(artifacts, None))
-        output = python_model.predict(None, example)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=str(Path(aecore.__file__).parent / "pyfunc.py"),
-            artifacts=artifacts,
-            code_paths=[str(Path(aecore.__file__).parent)],
-            signature=infer_signature(example, output),
-            input_example=example,
-            pip_requirements=model_requirements(),
-        )
+    artifacts = {
+        "model": str(layout.model),
+        "normalizer": str(layout.normalizer),
+        "scoring": str(layout.reference),
+    }
+    python_model.load_context(mlflow.pyfunc.PythonModelContext(artifacts, None))
+    output = python_model.predict(None, example)
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=str(Path(aecore.__file__).parent / "pyfunc.py"),
+        artifacts=artifacts,
+        code_paths=[str(Path(aecore.__file__).parent)],
+        signature=infer_signature(example, output),
+        input_example=example,
+        pip_requirements=model_requirements(),
+    )
     return info.model_uri
 
 
@@ -269,3 +264,41 @@ def champion_val_error(client: MlflowClient, name: str) -> float | None:
         return None
     metrics = client.get_run(champion.run_id).data.metrics
     return metrics.get("recon_mse")
+
+
+def load_scoring_model(model_uri: str) -> tuple[Any, dict[str, str]]:
+    """Load a registered model for scoring; return its wrapper and what identifies it.
+
+    Raises:
+        AepipeError: when the URI names no model.
+    """
+    from aecore.errors import AepipeError
+
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as error:
+        message = f"{model_uri}: cannot load the model ({str(error).splitlines()[0]}); train first"
+        raise AepipeError(message) from error
+    info = {"model_uri": model_uri, "run_id": loaded.metadata.run_id or ""}
+    if model_uri.startswith("models:/") and ("@" in model_uri or model_uri.count("/") >= 2):
+        name, _, rest = model_uri.removeprefix("models:/").partition("@")
+        client = MlflowClient()
+        if rest:
+            version = client.get_model_version_by_alias(name, rest)
+        else:
+            name, _, number = name.partition("/")
+            version = client.get_model_version(name, number)
+        info |= {"model_name": version.name, "model_version": str(version.version)}
+        info["model_uri"] = f"models:/{version.name}/{version.version}"
+    return loaded.unwrap_python_model(), info
+
+
+def model_tags(info: Mapping[str, str]) -> dict[str, str]:
+    """MLflow tags linking a scoring run to the model version that scored it."""
+    names = {
+        "model_uri": "aepipe.model_uri",
+        "model_name": "aepipe.model_name",
+        "model_version": "aepipe.model_version",
+        "run_id": "aepipe.training_run_id",
+    }
+    return {names[key]: value for key, value in info.items() if value and key in names}

@@ -150,9 +150,9 @@ class EpochReporter:
         self.logger.flush()
 
 
-def artifact_key(dataset: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits and dashes) for a dataset."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"{dataset.lower()}-evaluation")
+def artifact_key(name: str, kind: str = "evaluation") -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes), e.g. ``digits-evaluation``."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{name.lower()}-{kind}")
 
 
 @flow(name="train-autoencoder", log_prints=True)

@@ -19,6 +19,8 @@ def test_defaults_load_and_flatten(params):
         "train",
         "evaluate",
         "export",
+        "score",
+        "schedule",
     }
 
 

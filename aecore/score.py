@@ -1,0 +1,178 @@
+"""Scoring new batches with a trained model: schema check, streaming encode, drift."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from torch import nn
+
+from aecore.errors import AepipeError
+from aecore.evaluate import encode_and_reconstruct, row_errors
+from aecore.export import latent_columns, stamp
+from aecore.io import ROW_ID, atomic_path, format_of, is_numeric, list_source_files, redact_url
+from aecore.normalize import Normalizer
+
+# log-spaced bins for the running error histogram: p99 and drift without keeping rows
+HISTOGRAM_EDGES = np.concatenate([[0.0], np.logspace(-12, 12, 2401), [np.inf]])
+
+
+@dataclass
+class ScoreSummary:
+    """What a scored batch looked like: counts, error distribution, latent means."""
+
+    rows: int = 0
+    anomalies: int = 0
+    error_sum: float = 0.0
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(len(HISTOGRAM_EDGES) - 1))
+    latent_sum: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, errors: np.ndarray, latents: np.ndarray, flags: np.ndarray) -> None:
+        """Fold one record batch into the running totals."""
+        self.rows += len(errors)
+        self.anomalies += int(flags.sum())
+        self.error_sum += float(errors.sum(dtype=np.float64))
+        self.histogram += np.histogram(errors, HISTOGRAM_EDGES)[0]
+        sums = latents.sum(axis=0, dtype=np.float64)
+        self.latent_sum = sums if self.latent_sum is None else self.latent_sum + sums
+
+    def quantile(self, q: float) -> float:
+        """Approximate error quantile from the histogram (bins 1% wide in log space)."""
+        cumulative = np.cumsum(self.histogram)
+        index = int(np.searchsorted(cumulative, q * cumulative[-1]))
+        return float(HISTOGRAM_EDGES[min(index + 1, len(HISTOGRAM_EDGES) - 2)])
+
+    def metrics(self, reference: Mapping) -> dict[str, float]:
+        """Rows, anomaly rate, mean and p99 error, and drift against the training baseline.
+
+        ``drift_ks`` is the Kolmogorov-Smirnov distance between this batch's errors and
+        the held-out training errors; ``latent_mean_shift`` the largest shift of a latent
+        mean, in training standard deviations.
+        """
+        if not self.rows:
+            return {"rows": 0}
+        reference_q = np.asarray(reference["error_quantiles"])
+        ours = np.cumsum(self.histogram) / self.rows
+        theirs = np.interp(HISTOGRAM_EDGES[1:], reference_q, np.linspace(0, 1, len(reference_q)))
+        std = np.maximum(np.asarray(reference["latent_std"]), 1e-12)
+        shift = np.abs(self.latent_sum / self.rows - np.asarray(reference["latent_mean"])) / std
+        return {
+            "rows": self.rows,
+            "anomaly_rate": self.anomalies / self.rows,
+            "recon_error_mean": self.error_sum / self.rows,
+            "recon_error_p99": self.quantile(0.99),
+            "drift_ks": float(np.max(np.abs(ours - theirs))),
+            "latent_mean_shift": float(shift.max()),
+        }
+
+
+def check_schema(schema: pa.Schema, reference: Mapping, shown: str) -> list[str]:
+    """Compare a batch's columns with the training schema; return warnings for extras.
+
+    Raises:
+        AepipeError: naming the file and the column, when a column is missing or no
+            longer numeric, or the id column is missing.
+    """
+    names = set(schema.names)
+    id_col = reference["id_col"]
+    for column in reference["features"]:
+        if column not in names:
+            message = f"{shown}: column {column!r} is missing; the model was trained with it"
+            raise AepipeError(message)
+        kind = schema.field(column).type
+        if not is_numeric(kind):
+            trained = reference["types"].get(column, "numeric")
+            message = f"{shown}: column {column!r} is {kind}, the model was trained on {trained}"
+            raise AepipeError(message)
+    if id_col != ROW_ID and id_col not in names:
+        message = f"{shown}: id column {id_col!r} is missing"
+        raise AepipeError(message)
+    known = {*reference["features"], id_col, reference["label_col"]}
+    extra = sorted(names - known)
+    if extra:
+        listed = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
+        return [f"{shown}: {len(extra)} columns the model does not use are ignored: {listed}"]
+    return []
+
+
+def open_batch(source: str) -> tuple[ds.Dataset, str]:
+    """Open a file, folder, glob or URL as one Arrow dataset (read lazily)."""
+    fs, files = list_source_files(source)
+    formats = {format_of(f) for f in files}
+    if len(formats) != 1:
+        message = f"{redact_url(source)}: mixes formats {sorted(map(str, formats))}; use one"
+        raise AepipeError(message)
+    kind = formats.pop()
+    dataset = ds.dataset(files, filesystem=fs, format="json" if kind == "json" else kind)
+    return dataset, redact_url(source)
+
+
+def score_batch(
+    source: str,
+    model: nn.Module,
+    normalizer: Normalizer,
+    reference: Mapping,
+    out: Path,
+    metadata: Mapping[str, str],
+    batch_rows: int = 65536,
+    row_group_size: int = 131072,
+) -> ScoreSummary:
+    """Encode and score every row of ``source`` into the partition file ``out``.
+
+    Reads record batches, so memory does not grow with the batch's size; writes to a
+    temporary file renamed into place, so a failure leaves no partial partition.
+
+    Returns:
+        The batch's summary (metrics via ``summary.metrics(reference)``).
+    """
+    dataset, shown = open_batch(source)
+    summary = ScoreSummary(warnings=check_schema(dataset.schema, reference, shown))
+    features, id_col, label_col = reference["features"], reference["id_col"], reference["label_col"]
+    passthrough = [c for c in (id_col, label_col) if c and c in dataset.schema.names]
+    threshold = float(reference["threshold"])
+    latent_dim = len(reference["latent_mean"])
+    stamped = stamp({**metadata, "threshold": repr(threshold), "latent_dim": latent_dim})
+    scanner = dataset.scanner(
+        columns=[*passthrough, *features],
+        batch_size=batch_rows,
+        batch_readahead=1,
+        fragment_readahead=1,  # bounded memory, not the default 16 + 4
+    )
+    writer = None
+    with atomic_path(out) as temporary:
+        for batch in scanner.to_batches():
+            if batch.num_rows == 0:
+                continue
+            x = np.column_stack(
+                [
+                    batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+                    for c in features
+                ]
+            )
+            latents, feature_errors = encode_and_reconstruct(model, normalizer.scale(x))
+            errors = row_errors(feature_errors)
+            columns = {c: batch.column(c) for c in passthrough}
+            if id_col == ROW_ID:
+                start = summary.rows
+                columns = {ROW_ID: pa.array(np.arange(start, start + batch.num_rows)), **columns}
+            scored = latent_columns(latents, errors, threshold)
+            table = pa.table({**columns, **scored})
+            if writer is None:
+                schema = table.schema.with_metadata(stamped)
+                writer = pq.ParquetWriter(temporary, schema, compression="zstd")
+            writer.write_table(table, row_group_size=row_group_size)
+            summary.add(errors, latents, scored["is_anomaly"].to_numpy(zero_copy_only=False))
+        if writer is None:
+            message = f"{shown}: no rows to score"
+            raise AepipeError(message)
+        writer.close()
+    if math.isnan(summary.error_sum):
+        summary.warnings.append(f"{shown}: some reconstruction errors are NaN")
+    return summary
