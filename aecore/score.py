@@ -114,6 +114,20 @@ def open_batch(source: str) -> tuple[ds.Dataset, str]:
     return dataset, redact_url(source)
 
 
+def write_row_groups(
+    writer: pq.ParquetWriter, pending: list[pa.Table], size: int, final: bool = False
+) -> list[pa.Table]:
+    """Write whole row groups of ``size`` rows from ``pending``; return the rest.
+
+    Record batches are smaller than a row group; writing each would make small groups.
+    """
+    table = pa.concat_tables(pending)
+    whole = table.num_rows if final else table.num_rows - table.num_rows % size
+    for start in range(0, whole, size):
+        writer.write_table(table.slice(start, min(size, whole - start)), row_group_size=size)
+    return [table.slice(whole)] if whole < table.num_rows else []
+
+
 def score_batch(
     source: str,
     model: nn.Module,
@@ -145,7 +159,7 @@ def score_batch(
         batch_readahead=1,
         fragment_readahead=1,  # bounded memory, not the default 16 + 4
     )
-    writer = None
+    writer, pending = None, []
     with atomic_path(out) as temporary:
         for batch in scanner.to_batches():
             if batch.num_rows == 0:
@@ -167,11 +181,14 @@ def score_batch(
             if writer is None:
                 schema = table.schema.with_metadata(stamped)
                 writer = pq.ParquetWriter(temporary, schema, compression="zstd")
-            writer.write_table(table, row_group_size=row_group_size)
             summary.add(errors, latents, scored["is_anomaly"].to_numpy(zero_copy_only=False))
+            pending.append(table)
+            if sum(t.num_rows for t in pending) >= row_group_size:
+                pending = write_row_groups(writer, pending, row_group_size)
         if writer is None:
             message = f"{shown}: no rows to score"
             raise AepipeError(message)
+        write_row_groups(writer, pending, row_group_size, final=True)
         writer.close()
     if math.isnan(summary.error_sum):
         summary.warnings.append(f"{shown}: some reconstruction errors are NaN")
