@@ -1,0 +1,102 @@
+"""The score-batch flow against Prefect's test server and a SQLite MLflow store."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from aecore.export import read_latents
+from aecore.synthetic import make_data
+from flows import tracking
+from flows.score import score_batches
+from flows.train import train_autoencoder
+from tests.conftest import write_project
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    with prefect_test_harness(server_startup_timeout=60):
+        root = write_project(tmp_path_factory.mktemp("scoring"), train__epochs=25)
+        make_data(root / "incoming", rows=4000, cols=10, anomaly_rate=0.02, seed=3)
+        frame = pd.read_parquet(root / "incoming")
+        frame.iloc[:3000].to_parquet(root / "sensors.parquet")
+        summary = train_autoencoder(source=str(root / "sensors.parquet"), root=str(root))
+        yield root, frame, summary
+
+
+def test_scored_batch_is_tracked_against_its_model(trained):
+    root, frame, training = trained
+    frame.iloc[3000:].to_csv(root / "day1.csv", index=False)
+    [result] = score_batches(source=str(root / "day1.csv"), dataset="sensors", root=str(root))
+    assert result["batch_id"] == "day1"
+    table = read_latents(root / "data/latents/sensors", ["day1"])
+    assert len(table) == 1000 and table["row_id"].tolist() == list(range(1000))
+    client = MlflowClient(tracking.default_uri(root))
+    run = client.get_run(result["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "sensors-scoring"
+    metrics = run.data.metrics
+    assert metrics["rows"] == 1000
+    assert metrics["anomaly_rate"] == pytest.approx(table["is_anomaly"].mean())
+    assert metrics["recon_error_mean"] == pytest.approx(table["recon_error"].mean(), rel=1e-5)
+    assert {"recon_error_p99", "drift_ks", "latent_mean_shift"} <= set(metrics)
+    tags = run.data.tags
+    assert tags["aepipe.model_version"] == training["model_version"]
+    assert tags["aepipe.model_uri"] == f"models:/sensors-autoencoder/{training['model_version']}"
+    assert tags["aepipe.training_run_id"] == training["run_id"]
+    assert "aepipe.drift_warning" not in tags
+
+
+def test_inbox_files_are_scored_once(trained):
+    root, frame, _ = trained
+    inbox = root / "data/inbox/sensors"
+    inbox.mkdir(parents=True)
+    frame.iloc[3000:3400].to_parquet(inbox / "2026-11-01.parquet")
+    frame.iloc[3400:3700].to_parquet(inbox / "2026-11-02.parquet")
+    first = score_batches(dataset="sensors", root=str(root))
+    assert [r["batch_id"] for r in first] == ["2026-11-01", "2026-11-02"]
+    assert score_batches(dataset="sensors", root=str(root)) == []  # nothing new
+    frame.iloc[3700:].to_parquet(inbox / "2026-11-03.parquet")
+    assert [r["batch_id"] for r in score_batches(dataset="sensors", root=str(root))] == [
+        "2026-11-03"
+    ]
+    ledger = json.loads((root / "data/scored/sensors.json").read_text())
+    assert sorted(e["batch_id"] for e in ledger.values()) == [
+        "2026-11-01",
+        "2026-11-02",
+        "2026-11-03",
+    ]
+    sizes = read_latents(root / "data/latents/sensors").groupby("batch").size()
+    assert sizes["2026-11-01"] == 400 and sizes["2026-11-03"] == 300
+
+
+def test_drift_warns_without_failing(trained):
+    root, frame, _ = trained
+    shifted = frame.iloc[3000:].copy()
+    features = [c for c in shifted if c.startswith("f")]
+    shifted[features] = shifted[features] * 3 + np.linspace(0, 2, len(features))
+    shifted.to_parquet(root / "odd.parquet")
+    state = score_batches(
+        source=str(root / "odd.parquet"), dataset="sensors", root=str(root), return_state=True
+    )
+    assert state.is_completed()
+    [result] = state.result()
+    assert any(w.startswith("drift: recon_error's KS distance") for w in result["warnings"])
+    tags = MlflowClient(tracking.default_uri(root)).get_run(result["run_id"]).data.tags
+    assert tags["aepipe.drift_warning"].startswith("drift:")
+
+
+def test_schema_drift_fails_the_flow_and_writes_nothing(trained):
+    root, frame, _ = trained
+    frame.iloc[3000:].drop(columns="f4").to_parquet(root / "broken.parquet")
+    state = score_batches(
+        source=str(root / "broken.parquet"), dataset="sensors", root=str(root), return_state=True
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="broken.parquet: column 'f4' is missing"):
+        state.result()
+    assert not (root / "data/latents/sensors/batch=broken").exists()
