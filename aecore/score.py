@@ -153,11 +153,14 @@ def score_batch(
     threshold = float(reference["threshold"])
     latent_dim = len(reference["latent_mean"])
     stamped = stamp({**metadata, "threshold": repr(threshold), "latent_dim": latent_dim})
+    parquet = isinstance(dataset.format, ds.ParquetFileFormat)
     scanner = dataset.scanner(
         columns=[*passthrough, *features],
         batch_size=batch_rows,
         batch_readahead=1,
         fragment_readahead=1,  # bounded memory, not the default 16 + 4
+        # pre-buffering reads far ahead within a file: memory would grow with the file
+        fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False) if parquet else None,
     )
     writer, pending = None, []
     with atomic_path(out) as temporary:

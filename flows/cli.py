@@ -174,7 +174,7 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
 def score(
     source: Annotated[
         str | None,
-        typer.Option(help="File, glob or URL (one batch), or a folder (a batch per new file)."),
+        typer.Option(help="File, folder, glob or URL: one batch. Default: the inbox's new files."),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model URI; default models:/<dataset>-autoencoder@champion.")

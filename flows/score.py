@@ -112,8 +112,8 @@ def score_batches(
     """Score new rows with the registered model, one latent-table partition per batch.
 
     Args:
-        source: a file, glob or URL scored as one batch; or a folder whose files not yet
-            scored are each scored as a batch; default: the inbox ``<score.inbox>/<dataset>``.
+        source: a file, folder, glob or URL, scored as one batch. Without it, every file
+            of the inbox ``<score.inbox>/<dataset>`` not scored yet, one batch per file.
         model: the model URI; default ``models:/<dataset>-autoencoder@champion``.
         batch_id: the partition ``batch=<id>`` (one batch only); default: the file's name.
         dataset: the dataset; default params.yaml's.
@@ -128,14 +128,13 @@ def score_batches(
     layout = Layout(base, dataset or params.data.dataset)
     model_uri = model or f"models:/{tracking.registered_name(layout.dataset)}@champion"
     tracking.configure(base)
-    inbox = base / params.score.inbox / layout.dataset if source is None else None
-    folder = inbox or (Path(source) if Path(source).is_dir() else None)
-    if folder is None:
+    if source is not None:
         batch = batch_id or cfg.dataset_name(source)
         return [score_one(source, batch, model_uri, layout, params, base)]
     if batch_id:
-        message = f"{folder}: --batch-id names one batch; a folder gives one batch per file"
+        message = "--batch-id names one batch: give --source too (the inbox has one per file)"
         raise AepipeError(message)
+    folder = base / params.score.inbox / layout.dataset
     results = []
     ledger = read_ledger(layout)
     for path in pending_files(folder, ledger):

@@ -1,0 +1,66 @@
+"""The bare scoring loop: pyarrow.dataset batches -> numpy -> torch forward -> one ParquetWriter.
+
+The practical upper bound that `aepipe score` is measured against (benchmarks/score_speed.py):
+no schema check, no tracking, no orchestration. Read-ahead is bounded as in aepipe.
+
+    python benchmarks/bare_score.py MODEL_PT NORMALIZER_JSON SOURCE_DIR OUT_PARQUET
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import torch
+
+
+def main(model_path: str, normalizer_path: str, source: str, out: str) -> None:
+    saved = torch.load(model_path, weights_only=True)
+    spec, state = saved["spec"], saved["state_dict"]
+    widths = [spec["d"], *spec["hidden"], spec["k"]]
+    encoder = torch.nn.Sequential()
+    decoder = torch.nn.Sequential()
+    for layers, sizes in ((encoder, widths), (decoder, widths[::-1])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+            layers.append(torch.nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(torch.nn.GELU())
+    encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
+    decoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
+    normalizer = json.loads(Path(normalizer_path).read_text())
+    columns = normalizer["columns"]
+    center, scale = np.asarray(normalizer["center_"]), np.asarray(normalizer["scale_"])
+    writer = None
+    dataset = ds.dataset(source, format="parquet")
+    scanner = dataset.scanner(
+        columns=columns,
+        batch_size=65536,
+        batch_readahead=1,
+        fragment_readahead=1,
+        fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
+    )
+    with torch.no_grad():
+        for batch in scanner.to_batches():
+            x = np.column_stack([batch.column(c).to_numpy() for c in columns])
+            x = torch.from_numpy(((x - center) / scale).astype(np.float32))
+            z = encoder(x)
+            error = ((decoder(z) - x) ** 2).mean(dim=1)
+            table = pa.table(
+                {
+                    **{f"z{i}": z[:, i].numpy() for i in range(z.shape[1])},
+                    "recon_error": error.numpy(),
+                }
+            )
+            writer = writer or pq.ParquetWriter(out, table.schema, compression="zstd")
+            writer.write_table(table)
+    writer.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
