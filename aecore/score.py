@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +114,23 @@ def open_batch(source: str) -> tuple[ds.Dataset, str]:
     return dataset, redact_url(source)
 
 
+def read_batches(
+    dataset: ds.Dataset, columns: list[str], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Yield record batches file by file, each read only when asked for.
+
+    A dataset scanner decodes ahead on background threads: when the model is slower than
+    the reader, the queue, and memory, grow with the batch. Pulling keeps one row group.
+    """
+    for fragment in dataset.get_fragments():
+        if isinstance(fragment, ds.ParquetFileFragment):
+            with fragment.filesystem.open_input_file(fragment.path) as handle:
+                file = pq.ParquetFile(handle, pre_buffer=False)
+                yield from file.iter_batches(batch_size=batch_rows, columns=columns)
+        else:
+            yield from fragment.to_batches(columns=columns, batch_size=batch_rows)
+
+
 def write_row_groups(
     writer: pq.ParquetWriter, pending: list[pa.Table], size: int, final: bool = False
 ) -> list[pa.Table]:
@@ -153,18 +170,9 @@ def score_batch(
     threshold = float(reference["threshold"])
     latent_dim = len(reference["latent_mean"])
     stamped = stamp({**metadata, "threshold": repr(threshold), "latent_dim": latent_dim})
-    parquet = isinstance(dataset.format, ds.ParquetFileFormat)
-    scanner = dataset.scanner(
-        columns=[*passthrough, *features],
-        batch_size=batch_rows,
-        batch_readahead=1,
-        fragment_readahead=1,  # bounded memory, not the default 16 + 4
-        # pre-buffering reads far ahead within a file: memory would grow with the file
-        fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False) if parquet else None,
-    )
     writer, pending = None, []
     with atomic_path(out) as temporary:
-        for batch in scanner.to_batches():
+        for batch in read_batches(dataset, [*passthrough, *features], batch_rows):
             if batch.num_rows == 0:
                 continue
             x = np.column_stack(

@@ -1,7 +1,8 @@
-"""The bare scoring loop: pyarrow.dataset batches -> numpy -> torch forward -> one ParquetWriter.
+"""The bare scoring loop: Parquet record batches -> numpy -> torch forward -> one ParquetWriter.
 
 The practical upper bound that `aepipe score` is measured against (benchmarks/score_speed.py):
-no schema check, no tracking, no orchestration. Read-ahead is bounded as in aepipe.
+no schema check, no tracking, no orchestration. Batches are pulled file by file as in
+aepipe; a pyarrow.dataset scanner would decode ahead and grow memory with the batch.
 
     python benchmarks/bare_score.py MODEL_PT NORMALIZER_JSON SOURCE_DIR OUT_PARQUET
 """
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
@@ -37,16 +37,13 @@ def main(model_path: str, normalizer_path: str, source: str, out: str) -> None:
     columns = normalizer["columns"]
     center, scale = np.asarray(normalizer["center_"]), np.asarray(normalizer["scale_"])
     writer = None
-    dataset = ds.dataset(source, format="parquet")
-    scanner = dataset.scanner(
-        columns=columns,
-        batch_size=65536,
-        batch_readahead=1,
-        fragment_readahead=1,
-        fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
-    )
+    files = sorted(Path(source).glob("*.parquet"))
     with torch.no_grad():
-        for batch in scanner.to_batches():
+        for batch in (
+            b
+            for f in files
+            for b in pq.ParquetFile(f, pre_buffer=False).iter_batches(65536, columns=columns)
+        ):
             x = np.column_stack([batch.column(c).to_numpy() for c in columns])
             x = torch.from_numpy(((x - center) / scale).astype(np.float32))
             z = encoder(x)
