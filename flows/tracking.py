@@ -279,6 +279,10 @@ def load_scoring_model(model_uri: str) -> tuple[Any, dict[str, str]]:
     except (MlflowException, OSError) as error:
         message = f"{model_uri}: cannot load the model ({str(error).splitlines()[0]}); train first"
         raise AepipeError(message) from error
+    python_model = loaded.unwrap_python_model()
+    if not hasattr(python_model, "reference"):
+        message = f"{model_uri}: logged without a scoring reference (an older aepipe); retrain it"
+        raise AepipeError(message)
     info = {"model_uri": model_uri, "run_id": loaded.metadata.run_id or ""}
     if model_uri.startswith("models:/") and ("@" in model_uri or model_uri.count("/") >= 2):
         name, _, rest = model_uri.removeprefix("models:/").partition("@")
@@ -290,7 +294,7 @@ def load_scoring_model(model_uri: str) -> tuple[Any, dict[str, str]]:
             version = client.get_model_version(name, number)
         info |= {"model_name": version.name, "model_version": str(version.version)}
         info["model_uri"] = f"models:/{version.name}/{version.version}"
-    return loaded.unwrap_python_model(), info
+    return python_model, info
 
 
 def model_tags(info: Mapping[str, str]) -> dict[str, str]:

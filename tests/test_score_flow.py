@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 
 from aecore.export import read_latents
@@ -88,6 +90,11 @@ def test_drift_warns_without_failing(trained):
     assert any(w.startswith("drift: recon_error's KS distance") for w in result["warnings"])
     tags = MlflowClient(tracking.default_uri(root)).get_run(result["run_id"]).data.tags
     assert tags["aepipe.drift_warning"].startswith("drift:")
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sensors-odd-scoring"]))
+        )
+    assert "**warning:** drift" in artifact.data and result["run_id"] in artifact.data
 
 
 def test_schema_drift_fails_the_flow_and_writes_nothing(trained):
