@@ -288,12 +288,13 @@ def stage(
     """Run one stage with params.yaml, without Prefect: what dvc.yaml calls."""
     from aecore.config import load_params
     from aecore.errors import AepipeError
-    from flows.stages import STAGES, run_stage
+    from aecore.pipeline import STAGES
+    from flows.stages import run
 
     if name not in STAGES:
         fail(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
     try:
-        run_stage(name, load_params(params), Path.cwd())
+        run(name, load_params(params), Path.cwd())
     except AepipeError as error:
         fail(str(error))
 

@@ -10,36 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aecore import evaluate, export, io, normalize, train
 from aecore.config import Params
 from aecore.layout import Layout
+from aecore.pipeline import run_stage
 
-STAGES = ("ingest", "normalize", "train", "evaluate", "export")
 
-
-def run_stage(name: str, params: Params, root: Path) -> None:
-    """Run stage ``name`` with ``params``, reading and writing under ``root/data``."""
+def run(name: str, params: Params, root: Path) -> None:
+    """Run stage ``name`` with ``params`` under ``root/data``; export also tracks the run."""
     layout = Layout(root, params.data.dataset)
-    if name == "ingest":
-        io.ingest(params.data, layout.raw)
-    elif name == "normalize":
-        normalize.normalize(layout.raw, layout.processed, layout.normalizer, params.normalize)
-    elif name == "train":
-        train.fit_autoencoder(
-            layout.processed, layout.model, layout.history, params.model, params.train
-        )
-    elif name == "evaluate":
-        evaluate.evaluate(
-            layout.processed,
-            layout.model,
-            layout.normalizer,
-            layout.history,
-            layout.reports,
-            params.evaluate,
-            params.data.image_shape,
-        )
-    else:
+    if name == "export":
         export_and_track(params, layout, root)
+    else:
+        run_stage(name, params, layout)
 
 
 def export_and_track(params: Params, layout: Layout, root: Path) -> dict:
@@ -51,22 +33,12 @@ def export_and_track(params: Params, layout: Layout, root: Path) -> dict:
     tracking.configure(root)
     history = json.loads(layout.history.read_text())
     metrics = json.loads(layout.metrics.read_text())
-    data_version = f"md5:{io.file_digest(layout.raw)}"
     tags = {"aepipe.dataset": params.data.dataset, "aepipe.runner": "dvc"}
     with tracking.start_run(params.data.dataset, root, params.as_flat_dict(), tags) as run:
         tracking.log_history(run.info.run_id, history["epochs"])
 
         def write_table(metadata: dict[str, str]) -> Path:
-            return export.export(
-                layout.processed,
-                layout.model,
-                layout.normalizer,
-                layout.metrics,
-                layout.partition("train"),
-                params.export,
-                metadata,
-                data_version,
-            )
+            return run_stage("export", params, layout, metadata=metadata)
 
         seconds = {"train": history["summary"]["train_seconds"]}
         summary = tracking.publish(

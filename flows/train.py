@@ -18,13 +18,13 @@ from prefect.context import get_run_context
 from prefect.states import State
 
 from aecore import config as cfg
-from aecore import evaluate, export, io, normalize, train
+from aecore import train
 from aecore.errors import AepipeError
 from aecore.layout import Layout
+from aecore.pipeline import run_stage
 from flows import tracking, versioning
 
 T = TypeVar("T")
-STAGES = ("ingest", "normalize", "train", "evaluate", "export")
 
 
 def retry_unless_user_error(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -39,72 +39,23 @@ def timed(function: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, flo
     return result, time.perf_counter() - start
 
 
-@task(
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_unless_user_error,
-    cache_policy=NO_CACHE,
-)  # the source may be remote
-def ingest_task(config: cfg.DataConfig, layout: Layout) -> tuple[Path, float]:
-    """Read the source and write the raw table."""
-    return timed(io.ingest, config, layout.raw)
-
-
 @task(cache_policy=NO_CACHE)
-def normalize_task(config: cfg.NormalizeConfig, layout: Layout) -> tuple[Path, float]:
-    """Split, fit the normalizer on the train split, scale every row."""
-    return timed(normalize.normalize, layout.raw, layout.processed, layout.normalizer, config)
-
-
-@task(cache_policy=NO_CACHE)
-def train_task(
-    model_config: cfg.ModelConfig,
-    train_config: cfg.TrainConfig,
+def stage_task(
+    name: str,
+    params: cfg.Params,
     layout: Layout,
     on_epoch: train.OnEpoch | None = None,
-) -> tuple[dict, float]:
-    """Train the autoencoder, keeping the best validation weights."""
-    return timed(
-        train.fit_autoencoder,
-        layout.processed,
-        layout.model,
-        layout.history,
-        model_config,
-        train_config,
-        on_epoch,
-    )
+    metadata: dict[str, str] | None = None,
+) -> tuple[Any, float]:
+    """Run one stage; return its result and the seconds it took."""
+    return timed(run_stage, name, params, layout, on_epoch, metadata)
 
 
-@task(cache_policy=NO_CACHE)
-def evaluate_task(params: cfg.Params, layout: Layout) -> tuple[dict, float]:
-    """Measure reconstruction error, the PCA baseline and the threshold; draw the plots."""
-    return timed(
-        evaluate.evaluate,
-        layout.processed,
-        layout.model,
-        layout.normalizer,
-        layout.history,
-        layout.reports,
-        params.evaluate,
-        params.data.image_shape,
-    )
-
-
-@task(cache_policy=NO_CACHE)
-def export_task(
-    config: cfg.ExportConfig, layout: Layout, metadata: dict[str, str], data_version: str
-) -> tuple[Path, float]:
-    """Write the latent table's ``batch=train`` partition."""
-    return timed(
-        export.export,
-        layout.processed,
-        layout.model,
-        layout.normalizer,
-        layout.metrics,
-        layout.partition("train"),
-        config,
-        metadata,
-        data_version,
+def stage(name: str) -> Task:
+    """The stage's task, named after it; ingest retries I/O faults (the source may be remote)."""
+    retries = {"retries": 2, "retry_delay_seconds": [2, 10]} if name == "ingest" else {}
+    return stage_task.with_options(
+        name=name, task_run_name=name, retry_condition_fn=retry_unless_user_error, **retries
     )
 
 
@@ -208,15 +159,14 @@ def train_autoencoder(
     with tracking.start_run(params.data.dataset, base, params.as_flat_dict(), tags) as run:
         run_id = run.info.run_id
         versioning.check_outputs(base, layout)
-        _, seconds["ingest"] = ingest_task(params.data, layout)
-        _, seconds["normalize"] = normalize_task(params.normalize, layout)
+        _, seconds["ingest"] = stage("ingest")("ingest", params, layout)
+        _, seconds["normalize"] = stage("normalize")("normalize", params, layout)
         with EpochReporter(tracking.EpochLogger(run_id), params.train.epochs) as reporter:
-            fit, seconds["train"] = train_task(params.model, params.train, layout, reporter)
-        metrics, seconds["evaluate"] = evaluate_task(params, layout)
-        data_version = f"md5:{io.file_digest(layout.raw)}"
+            fit, seconds["train"] = stage("train")("train", params, layout, reporter)
+        metrics, seconds["evaluate"] = stage("evaluate")("evaluate", params, layout)
 
         def write_table(metadata: dict[str, str]) -> Path:
-            table, seconds["export"] = export_task(params.export, layout, metadata, data_version)
+            table, seconds["export"] = stage("export")("export", params, layout, None, metadata)
             return table
 
         summary = tracking.publish(

@@ -8,13 +8,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from aecore import evaluate, export, io, normalize, train
-from aecore.config import DataConfig, ExportConfig, NormalizeConfig
+from aecore.config import DataConfig
 from aecore.errors import AepipeError
 from aecore.export import read_latents, read_metadata
 from aecore.layout import Layout
 from aecore.models import load_model
 from aecore.normalize import Normalizer
+from aecore.pipeline import STAGES, run_stage
 from aecore.score import score_batch
 from aecore.synthetic import make_data
 
@@ -32,35 +32,19 @@ def trained(tmp_path_factory):
     frame.insert(0, "key", np.arange(10_000, 13_000))
     frame.to_parquet(root / "train.parquet")
     layout = Layout(root, "syn")
-    io.ingest(
-        DataConfig("syn", str(root / "train.parquet"), "key", "label", None, None), layout.raw
+    params = dataclasses.replace(
+        params.with_overrides(
+            {
+                "model.latent_dim": 3,
+                "train.epochs": 30,
+                "train.device": "cpu",
+                "export.row_group_size": 1000,
+            }
+        ),
+        data=DataConfig("syn", str(root / "train.parquet"), "key", "label", None, None),
     )
-    normalize.normalize(
-        layout.raw, layout.processed, layout.normalizer, NormalizeConfig("zscore", 0.2, 0)
-    )
-    train.fit_autoencoder(
-        layout.processed,
-        layout.model,
-        layout.history,
-        dataclasses.replace(params.model, latent_dim=3),
-        dataclasses.replace(params.train, epochs=30, device="cpu"),
-    )
-    evaluate.evaluate(
-        layout.processed,
-        layout.model,
-        layout.normalizer,
-        layout.history,
-        layout.reports,
-        params.evaluate,
-    )
-    export.export(
-        layout.processed,
-        layout.model,
-        layout.normalizer,
-        layout.metrics,
-        layout.partition("train"),
-        ExportConfig(1000, False),
-    )
+    for stage in STAGES:
+        run_stage(stage, params, layout)
     return layout, frame
 
 

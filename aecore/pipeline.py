@@ -1,0 +1,69 @@
+"""The five stages by name: the one place that wires each stage to its files.
+
+The Prefect flow, `aepipe stage` (dvc.yaml) and the tests all run stages through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aecore import evaluate, export, io, normalize, train
+from aecore.config import Params
+from aecore.layout import Layout
+
+STAGES = ("ingest", "normalize", "train", "evaluate", "export")
+
+
+def run_stage(
+    name: str,
+    params: Params,
+    layout: Layout,
+    on_epoch: train.OnEpoch | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Any:
+    """Run stage ``name``: read its inputs and write its outputs under ``layout``.
+
+    Args:
+        name: one of ``STAGES``.
+        params: the run's settings.
+        layout: the dataset's files.
+        on_epoch: the train stage's per-epoch callback.
+        metadata: the export stage's extra ``aepipe.*`` metadata (model URI, run id).
+
+    Returns:
+        The stage function's result: a path, or the train or evaluate summary.
+    """
+    if name == "ingest":
+        return io.ingest(params.data, layout.raw)
+    if name == "normalize":
+        return normalize.normalize(
+            layout.raw, layout.processed, layout.normalizer, params.normalize
+        )
+    if name == "train":
+        return train.fit_autoencoder(
+            layout.processed, layout.model, layout.history, params.model, params.train, on_epoch
+        )
+    if name == "evaluate":
+        return evaluate.evaluate(
+            layout.processed,
+            layout.model,
+            layout.normalizer,
+            layout.history,
+            layout.reports,
+            params.evaluate,
+            params.data.image_shape,
+        )
+    if name == "export":
+        return export.export(
+            layout.processed,
+            layout.model,
+            layout.normalizer,
+            layout.metrics,
+            layout.partition("train"),
+            params.export,
+            metadata,
+            f"md5:{io.file_digest(layout.raw)}",
+        )
+    message = f"unknown stage {name!r}; one of {', '.join(STAGES)}"
+    raise ValueError(message)
