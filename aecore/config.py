@@ -48,6 +48,11 @@ class ModelConfig:
     kind: str
     latent_dim: int
     hidden: tuple[int, ...] | None
+    noise_std: float
+    mask_rate: float
+    sparsity_weight: float
+    beta: float
+    kl_warmup_epochs: int
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class TrainConfig:
     learning_rate: float
     weight_decay: float
     patience: int
+    lr_schedule: str
+    grad_clip: float
     device: str
     seed: int
 
@@ -203,6 +210,10 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("train.batch_size", params.train.batch_size >= 1, "at least 1"),
         ("train.learning_rate", params.train.learning_rate > 0, "positive"),
         ("train.patience", params.train.patience >= 1, "at least 1"),
+        ("train.lr_schedule", params.train.lr_schedule in ("none", "cosine"), "none or cosine"),
+        ("train.grad_clip", params.train.grad_clip >= 0, "0 (off) or more"),
+        ("model.mask_rate", 0 <= params.model.mask_rate < 1, "in [0, 1)"),
+        ("model.beta", params.model.beta >= 0, "0 or more"),
         ("train.device", params.train.device.split(":")[0] in DEVICES, str(DEVICES)),
         ("evaluate.threshold_quantile", 0 < params.evaluate.threshold_quantile < 1, "in (0, 1)"),
         ("export.row_group_size", params.export.row_group_size >= 1, "at least 1"),

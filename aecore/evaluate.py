@@ -42,7 +42,7 @@ def encode_and_reconstruct(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray,
 
 def model_latent_dim(model: nn.Module) -> int:
     """Return k, the width of the model's bottleneck."""
-    return [m for m in model.encoder.modules() if isinstance(m, nn.Linear)][-1].out_features
+    return model.k
 
 
 def row_errors(feature_errors: np.ndarray) -> np.ndarray:

@@ -37,43 +37,138 @@ def default_hidden(d: int, k: int) -> tuple[int, ...]:
 class DenseAutoencoder(nn.Module):
     """A deep dense autoencoder: ``d -> hidden -> k -> reversed(hidden) -> d``."""
 
-    def __init__(self, d: int, k: int, hidden: tuple[int, ...]) -> None:
+    kind = "dense"
+    OPTIONS: tuple[str, ...] = ()  # ModelConfig fields this kind takes
+
+    def __init__(self, d: int, k: int, hidden: tuple[int, ...], encoder_out: int = 0) -> None:
         super().__init__()
-        self.encoder = make_layers([d, *hidden, k])
+        self.spec = {"d": d, "k": k, "hidden": list(hidden)}  # rebuilds the model on load
+        self.k = k
+        self.encoder = make_layers([d, *hidden, encoder_out or k])
         self.decoder = make_layers([k, *reversed(hidden), d])
+        self.epoch = 0
 
     def encode(self, x: Tensor) -> Tensor:  # (n, d) -> (n, k)
         return self.encoder(x)
 
     def forward(self, x: Tensor) -> Tensor:  # (n, d) -> (n, d)
-        return self.decoder(self.encoder(x))
+        return self.decoder(self.encode(x))
 
     def loss(self, x: Tensor) -> Tensor:
         return F.mse_loss(self(x), x)
 
 
-MODEL_KINDS: dict[str, type[nn.Module]] = {"dense": DenseAutoencoder}
+class DenoisingAutoencoder(DenseAutoencoder):
+    """Reconstructs clean rows from corrupted ones: Gaussian and masking noise, training only."""
+
+    kind = "denoising"
+    OPTIONS = ("noise_std", "mask_rate")
+
+    def __init__(
+        self,
+        d: int,
+        k: int,
+        hidden: tuple[int, ...],
+        noise_std: float = 0.1,
+        mask_rate: float = 0.1,
+    ) -> None:
+        super().__init__(d, k, hidden)
+        self.spec |= {"noise_std": noise_std, "mask_rate": mask_rate}
+        self.noise_std, self.mask_rate = noise_std, mask_rate
+
+    def corrupt(self, x: Tensor) -> Tensor:
+        """Add noise and zero a random share of entries; the identity in eval mode."""
+        if not self.training:
+            return x
+        keep = (torch.rand_like(x) >= self.mask_rate).to(x.dtype)
+        return (x + self.noise_std * torch.randn_like(x)) * keep
+
+    def loss(self, x: Tensor) -> Tensor:
+        return F.mse_loss(self.decoder(self.encode(self.corrupt(x))), x)
 
 
-def build_model(config: ModelConfig, d: int) -> nn.Module:
+class SparseAutoencoder(DenseAutoencoder):
+    """An L1 penalty on the latent activations keeps few of them active per row."""
+
+    kind = "sparse"
+    OPTIONS = ("sparsity_weight",)
+
+    def __init__(
+        self, d: int, k: int, hidden: tuple[int, ...], sparsity_weight: float = 1e-3
+    ) -> None:
+        super().__init__(d, k, hidden)
+        self.spec |= {"sparsity_weight": sparsity_weight}
+        self.sparsity_weight = sparsity_weight
+
+    def loss(self, x: Tensor) -> Tensor:
+        z = self.encode(x)
+        return F.mse_loss(self.decoder(z), x) + self.sparsity_weight * z.abs().mean()
+
+
+def kl_divergence(mu: Tensor, log_var: Tensor) -> Tensor:
+    """Mean over rows of KL(N(mu, exp(log_var)) || N(0, I))."""
+    return (-0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(dim=1)).mean()
+
+
+class VariationalAutoencoder(DenseAutoencoder):
+    """A VAE: the encoder gives a mean and log-variance; β-weighted KL with a warm-up.
+
+    ``encode`` returns the mean μ, so latents and scores are deterministic.
+    """
+
+    kind = "vae"
+    OPTIONS = ("beta", "kl_warmup_epochs")
+
+    def __init__(
+        self, d: int, k: int, hidden: tuple[int, ...], beta: float = 1.0, kl_warmup_epochs: int = 10
+    ) -> None:
+        super().__init__(d, k, hidden, encoder_out=2 * k)
+        self.spec |= {"beta": beta, "kl_warmup_epochs": kl_warmup_epochs}
+        self.beta, self.kl_warmup_epochs = beta, kl_warmup_epochs
+
+    def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (n, d) -> (n, k), (n, k)
+        mu, log_var = self.encoder(x).chunk(2, dim=1)
+        return mu, log_var.clamp(-10, 10)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.moments(x)[0]
+
+    def kl(self, x: Tensor) -> Tensor:
+        """Mean KL divergence of q(z|x) from N(0, I), per row."""
+        return kl_divergence(*self.moments(x))
+
+    def kl_weight(self) -> float:
+        """β, ramped up linearly over the first ``kl_warmup_epochs`` epochs."""
+        return self.beta * min(1.0, (self.epoch + 1) / max(self.kl_warmup_epochs, 1))
+
+    def loss(self, x: Tensor) -> Tensor:
+        mu, log_var = self.moments(x)
+        z = mu + (0.5 * log_var).exp() * torch.randn_like(mu)  # the reparameterization trick
+        reconstruction = F.mse_loss(self.decoder(z), x)
+        kl = kl_divergence(mu, log_var) / x.shape[1]  # per feature, as the MSE is
+        return reconstruction + self.kl_weight() * kl
+
+
+MODEL_KINDS: dict[str, type[DenseAutoencoder]] = {
+    cls.kind: cls
+    for cls in (DenseAutoencoder, DenoisingAutoencoder, SparseAutoencoder, VariationalAutoencoder)
+}
+
+
+def build_model(config: ModelConfig, d: int) -> DenseAutoencoder:
     """Create an untrained autoencoder of ``config.kind`` for ``d`` features."""
     if config.kind not in MODEL_KINDS:
         message = f"model.kind: {config.kind!r} is not one of {tuple(MODEL_KINDS)}"
         raise AepipeError(message)
+    cls = MODEL_KINDS[config.kind]
     hidden = config.hidden or default_hidden(d, config.latent_dim)
-    return MODEL_KINDS[config.kind](d, config.latent_dim, tuple(hidden))
+    options = {name: getattr(config, name) for name in cls.OPTIONS}
+    return cls(d, config.latent_dim, tuple(hidden), **options)
 
 
-def model_spec(model: nn.Module) -> dict[str, Any]:
-    """Return the constructor arguments that rebuild ``model``."""
-    linears = [m for m in model.encoder if isinstance(m, nn.Linear)]
-    kind = next(name for name, cls in MODEL_KINDS.items() if type(model) is cls)
-    return {
-        "kind": kind,
-        "d": linears[0].in_features,
-        "k": linears[-1].out_features,
-        "hidden": [m.out_features for m in linears[:-1]],
-    }
+def model_spec(model: DenseAutoencoder) -> dict[str, Any]:
+    """Return the kind and constructor arguments that rebuild ``model``."""
+    return {"kind": model.kind, **model.spec}
 
 
 def save_model(model: nn.Module, path: Path) -> Path:
@@ -91,7 +186,8 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> nn.Module:
     except FileNotFoundError as error:
         message = f"{path}: model file not found; run the train stage first"
         raise AepipeError(message) from error
-    spec = saved["spec"]
-    model = MODEL_KINDS[spec["kind"]](spec["d"], spec["k"], tuple(spec["hidden"]))
+    spec = dict(saved["spec"])
+    cls = MODEL_KINDS[spec.pop("kind")]
+    model = cls(**{**spec, "hidden": tuple(spec["hidden"])})
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()

@@ -94,11 +94,15 @@ def train(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
+    schedule = None
+    if config.lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     result = TrainResult(model=model, device=str(device))
     best_loss, best_state, stale = float("inf"), None, 0
     start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
+        model.epoch = epoch  # kinds with a schedule of their own read it (VAE KL warm-up)
         total = 0.0
         for rows in torch.randperm(len(x_train), generator=generator).split(config.batch_size):
             batch = x_train[rows.to(device)]  # slice tensors, no per-row Dataset
@@ -106,8 +110,12 @@ def train(
                 loss = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             total += loss.detach() * len(rows)
+        if schedule:
+            schedule.step()
         metrics = {
             "train_loss": float(total) / len(x_train),
             "val_loss": measure_loss(model, x_val),

@@ -54,6 +54,7 @@ def run(
     label_col: Annotated[
         str | None, typer.Option(help="Label column (0/1 anomaly label: AUROC).")
     ] = None,
+    kind: Annotated[str | None, typer.Option(help="dense, denoising, sparse or vae.")] = None,
     latent_dim: Annotated[int | None, typer.Option(help="Latent size k.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Most epochs to train.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
@@ -70,7 +71,12 @@ def run(
     from aecore.config import resolve_params
     from aecore.errors import AepipeError
 
-    overrides = {"model.latent_dim": latent_dim, "train.epochs": epochs, "train.device": device}
+    overrides = {
+        "model.kind": kind,
+        "model.latent_dim": latent_dim,
+        "train.epochs": epochs,
+        "train.device": device,
+    }
     overrides |= parse_sets(set_ or [])
     try:
         resolved = resolve_params(params, source, dataset, id_col, label_col, overrides)

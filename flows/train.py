@@ -112,6 +112,7 @@ def train_autoencoder(
     dataset: str | None = None,
     id_col: str | None = None,
     label_col: str | None = None,
+    kind: str | None = None,
     latent_dim: int | None = None,
     epochs: int | None = None,
     device: str | None = None,
@@ -126,6 +127,7 @@ def train_autoencoder(
         dataset: the dataset's name; default: derived from the source.
         id_col: the id column; default: an added ``row_id``.
         label_col: a label column passed through (AUROC when it is a 0/1 anomaly label).
+        kind: the autoencoder: dense, denoising, sparse or vae.
         latent_dim: the bottleneck size k.
         epochs: the most epochs to train.
         device: auto, cpu, cuda or mps.
@@ -144,6 +146,7 @@ def train_autoencoder(
         id_col,
         label_col,
         {
+            "model.kind": kind,
             "model.latent_dim": latent_dim,
             "train.epochs": epochs,
             "train.device": device,

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from aecore.config import ModelConfig
 from aecore.errors import AepipeError
 from aecore.models import DenseAutoencoder, build_model, default_hidden, load_model, save_model
 from aecore.train import select_device, train
@@ -20,8 +19,8 @@ def quick(params, **changes):
     return dataclasses.replace(params.train, device="cpu", **{"epochs": 20, **changes})
 
 
-def test_shapes_and_default_widths():
-    model = build_model(ModelConfig("dense", 4, None), 64)
+def test_shapes_and_default_widths(params):
+    model = build_model(dataclasses.replace(params.model, latent_dim=4, hidden=None), 64)
     assert default_hidden(64, 8) == (256, 128)
     assert model.encode(torch.zeros(5, 64)).shape == (5, 4)
     assert model(torch.zeros(5, 64)).shape == (5, 64)
@@ -29,9 +28,9 @@ def test_shapes_and_default_widths():
     assert widths == [256, 128, 4]
 
 
-def test_unknown_kind_is_named():
+def test_unknown_kind_is_named(params):
     with pytest.raises(AepipeError, match="model.kind: 'lstm'"):
-        build_model(ModelConfig("lstm", 4, None), 8)
+        build_model(dataclasses.replace(params.model, kind="lstm"), 8)
 
 
 def test_training_lowers_the_loss_and_reports_each_epoch(params):
@@ -106,3 +105,65 @@ def test_trains_on_cuda_with_bf16(params):
     result = train(model, x[:300], x[300:], quick(params, device="cuda"))
     assert result.device.startswith("cuda")
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("kind", ["dense", "denoising", "sparse", "vae"])
+def test_every_kind_trains_saves_and_loads(params, kind, tmp_path):
+    x = low_rank()
+    torch.manual_seed(0)
+    model = build_model(
+        dataclasses.replace(params.model, kind=kind, latent_dim=3, hidden=(32,)), 10
+    )
+
+    def reconstruction_mse():
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(model.eval()(x[300:]), x[300:]))
+
+    before = reconstruction_mse()
+    train(model, x[:300], x[300:], quick(params, epochs=40, lr_schedule="cosine", grad_clip=1.0))
+    assert reconstruction_mse() < 0.5 * before
+    restored = load_model(save_model(model, tmp_path / "m.pt"))
+    assert restored.kind == kind and restored.spec == model.spec
+    with torch.no_grad():
+        assert torch.equal(restored.encode(x), model.encode(x))
+        assert torch.equal(restored.encode(x), restored.encode(x))  # deterministic latents
+
+
+def test_vae_kl_is_real_and_weighted(params):
+    x = low_rank()
+    torch.manual_seed(0)
+    config = dataclasses.replace(params.model, kind="vae", latent_dim=3, hidden=(16,))
+    vae = build_model(config, 10).train()
+    assert vae.kl(x) > 0
+    vae.epoch = 100  # past the warm-up
+    losses = {}
+    for beta in (0.0, 1.0, 4.0):
+        vae.beta = beta
+        torch.manual_seed(1)  # the same reparameterization noise each time
+        losses[beta] = float(vae.loss(x))
+    kl = float(vae.kl(x)) / 10
+    assert losses[1.0] - losses[0.0] == pytest.approx(kl, rel=1e-4)
+    assert losses[4.0] - losses[0.0] == pytest.approx(4 * kl, rel=1e-4)
+    vae.epoch = 0  # warm-up: a tenth of beta in the first of 10 epochs
+    assert vae.kl_weight() == pytest.approx(0.4)
+
+
+def test_denoising_noise_in_training_only(params):
+    x = low_rank()
+    model = build_model(dataclasses.replace(params.model, kind="denoising", hidden=(16,)), 10)
+    model.train()
+    assert not torch.equal(model.corrupt(x), x)
+    assert float((model.corrupt(x) == 0).float().mean()) == pytest.approx(0.1, abs=0.02)
+    assert model.loss(x) != model.loss(x)  # fresh noise each call
+    model.eval()
+    assert torch.equal(model.corrupt(x), x)
+    assert model.loss(x) == model.loss(x)
+
+
+def test_sparse_penalty_is_added(params):
+    x = low_rank()
+    model = build_model(dataclasses.replace(params.model, kind="sparse", hidden=(16,)), 10).eval()
+    with torch.no_grad():
+        z = model.encode(x)
+        expected = torch.nn.functional.mse_loss(model.decoder(z), x) + 1e-3 * z.abs().mean()
+        assert float(model.loss(x)) == pytest.approx(float(expected), rel=1e-6)
