@@ -22,15 +22,51 @@ SCHEMA_VERSION = "1"
 META_PREFIX = "aepipe."
 
 
+TOP_FEATURES = 3
+
+
 def latent_columns(
-    latents: np.ndarray, errors: np.ndarray, threshold: float, quantize: bool = False
+    latents: np.ndarray,
+    feature_errors: np.ndarray,
+    threshold: float,
+    features: Sequence[str],
+    quantize: bool = False,
 ) -> dict[str, pa.Array]:
-    """The scored columns of the latent table: ``z0 … z{k-1}``, ``recon_error``, ``is_anomaly``."""
+    """The scored columns: ``z0 … z{k-1}``, ``recon_error``, ``is_anomaly``, ``top_features``.
+
+    Args:
+        latents: ``(n, k)``.
+        feature_errors: squared reconstruction error per feature ``(n, d)``.
+        threshold: ``recon_error`` above it is an anomaly.
+        features: the ``d`` feature names.
+        quantize: latents as float16.
+    """
+    errors = row_errors(feature_errors)
     z_type = np.float16 if quantize else np.float32
     columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}
     columns["recon_error"] = pa.array(errors.astype(np.float32))
     columns["is_anomaly"] = pa.array(errors > threshold)
+    columns["top_features"] = top_features(feature_errors, features)
     return columns
+
+
+def top_features(
+    feature_errors: np.ndarray, features: Sequence[str], count: int = TOP_FEATURES
+) -> pa.Array:
+    """Per row, the names of the ``count`` features with the largest error, largest first.
+
+    Why a row is anomalous: the columns it reconstructs worst.
+    """
+    n, d = feature_errors.shape
+    count = min(count, d)
+    top = np.argpartition(-feature_errors, count - 1, axis=1)[:, :count]
+    order = np.argsort(-np.take_along_axis(feature_errors, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    names = pa.DictionaryArray.from_arrays(
+        pa.array(top.ravel().astype(np.int32)), pa.array(list(features))
+    )
+    offsets = pa.array(np.arange(0, n * count + 1, count, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, names.cast(pa.string()))
 
 
 def stamp(metadata: Mapping[str, object]) -> dict[bytes, bytes]:
@@ -80,7 +116,8 @@ def export(
     latents, feature_errors = encode_and_reconstruct(model, x)
     passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
     table = pq.read_table(processed, columns=passthrough)
-    scored = latent_columns(latents, row_errors(feature_errors), threshold, config.quantize)
+    features = schema["features"]
+    scored = latent_columns(latents, feature_errors, threshold, features, config.quantize)
     for name, column in scored.items():
         table = table.append_column(name, column)
     info = {

@@ -14,7 +14,7 @@ import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
-from aecore.evaluate import encode_and_reconstruct, row_errors
+from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns
 from aecore.models import load_model
 from aecore.normalize import Normalizer
@@ -41,7 +41,7 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         """Return ``z0 … z{k-1}``, ``recon_error`` and ``is_anomaly`` for each input row."""
         x = self.normalizer.transform(pd.DataFrame(model_input), source="model input")
         latents, feature_errors = encode_and_reconstruct(self.model, x)
-        columns = latent_columns(latents, row_errors(feature_errors), self.threshold)
+        columns = latent_columns(latents, feature_errors, self.threshold, self.normalizer.columns)
         return pd.DataFrame(
             {name: column.to_numpy(zero_copy_only=False) for name, column in columns.items()},
             index=model_input.index,

@@ -187,7 +187,7 @@ def score_batch(
             if id_col == ROW_ID:
                 start = summary.rows
                 columns = {ROW_ID: pa.array(np.arange(start, start + batch.num_rows)), **columns}
-            scored = latent_columns(latents, errors, threshold)
+            scored = latent_columns(latents, feature_errors, threshold, features)
             table = pa.table({**columns, **scored})
             if writer is None:
                 schema = table.schema.with_metadata(stamped)

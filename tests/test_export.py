@@ -5,6 +5,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -56,7 +57,17 @@ def test_latent_table_contract(trained, frame):
     path = run_export(trained, metadata={"model_uri": "models:/m-1", "mlflow_run_id": "r1"})
     assert path == trained.data / "latents" / "t" / "batch=train" / "part-0.parquet"
     table = pq.read_table(path)
-    assert table.column_names == ["id", "label", "z0", "z1", "z2", "recon_error", "is_anomaly"]
+    assert table.column_names == [
+        "id",
+        "label",
+        "z0",
+        "z1",
+        "z2",
+        "recon_error",
+        "is_anomaly",
+        "top_features",
+    ]
+    assert pa.types.is_list(table.schema.field("top_features").type)
     assert [str(table.schema.field(c).type) for c in ("z0", "recon_error", "is_anomaly")] == [
         "float",
         "float",
@@ -115,3 +126,21 @@ def test_failed_export_leaves_the_old_partition(trained):
         run_export(trained)
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]
+
+
+def test_top_features_name_the_corrupted_column(trained, frame, tmp_path):
+    """Rows with one column pushed far off must name that column first."""
+    from aecore.export import top_features
+
+    normalizer = Normalizer.from_json(trained.normalizer)
+    model = load_model(trained.model)
+    broken = frame.copy()
+    broken.loc[:9, "c"] += 40.0
+    _, feature_errors = encode_and_reconstruct(model, normalizer.transform(broken))
+    names = top_features(feature_errors, normalizer.columns).to_pylist()
+    assert all(row[0] == "c" and len(row) == 3 and len(set(row)) == 3 for row in names[:10])
+    expected = [
+        sorted(normalizer.columns, key=lambda c: -e[normalizer.columns.index(c)])[:3]
+        for e in feature_errors[10:20]
+    ]
+    assert names[10:20] == expected  # the three largest errors, largest first

@@ -50,6 +50,7 @@ def test_latent_table_is_written_and_readable(digits_project):
         *[f"z{i}" for i in range(8)],
         "recon_error",
         "is_anomaly",
+        "top_features",
     ]
     meta = read_metadata(path)
     assert meta["mlflow_run_id"] == second["run_id"]
@@ -136,6 +137,9 @@ def test_registered_champion_predicts_the_table(digits_project):
     )
     np.testing.assert_allclose(predicted["recon_error"], expected["recon_error"], rtol=1e-5)
     assert (predicted["is_anomaly"].to_numpy() == expected["is_anomaly"].to_numpy()).all()
+    assert [list(t) for t in predicted["top_features"]] == [
+        list(t) for t in expected["top_features"]
+    ]
     by_alias = mlflow.pyfunc.load_model("models:/digits-autoencoder@champion")
     assert by_alias.metadata.signature.inputs.input_names()[:2] == ["pixel_0_0", "pixel_0_1"]
     # a better model moves the alias
