@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aecore.config import ExportConfig
@@ -59,14 +60,14 @@ def top_features(
     """
     n, d = feature_errors.shape
     count = min(count, d)
-    top = np.argpartition(-feature_errors, count - 1, axis=1)[:, :count]
-    order = np.argsort(-np.take_along_axis(feature_errors, top, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    names = pa.DictionaryArray.from_arrays(
-        pa.array(top.ravel().astype(np.int32)), pa.array(list(features))
-    )
+    remaining, rows = feature_errors.copy(), np.arange(n)
+    top = np.empty((n, count), dtype=np.int32)
+    for rank in range(count):  # a few argmax passes beat a full argpartition on wide rows
+        top[:, rank] = remaining.argmax(axis=1)
+        remaining[rows, top[:, rank]] = -np.inf
+    names = pc.take(pa.array(list(features), pa.string()), pa.array(top.ravel()))
     offsets = pa.array(np.arange(0, n * count + 1, count, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, names.cast(pa.string()))
+    return pa.ListArray.from_arrays(offsets, names)
 
 
 def stamp(metadata: Mapping[str, object]) -> dict[bytes, bytes]:
