@@ -29,6 +29,8 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/digits_quality.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/score_speed.py
+	$(PY) benchmarks/compression.py
 
 clean:
 	rm -rf data/raw data/processed data/models data/reports data/latents mlflow/mlflow.db mlflow/artifacts
