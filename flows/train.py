@@ -51,12 +51,19 @@ def stage_task(
     return timed(run_stage, name, params, layout, on_epoch, metadata)
 
 
-def stage(name: str) -> Task:
-    """The stage's task, named after it; ingest retries I/O faults (the source may be remote)."""
+def run_in_task(
+    name: str,
+    params: cfg.Params,
+    layout: Layout,
+    on_epoch: train.OnEpoch | None = None,
+    metadata: dict[str, str] | None = None,
+) -> tuple[Any, float]:
+    """Run a stage as a task named after it; ingest retries I/O faults (a remote source)."""
     retries = {"retries": 2, "retry_delay_seconds": [2, 10]} if name == "ingest" else {}
-    return stage_task.with_options(
+    task_ = stage_task.with_options(
         name=name, task_run_name=name, retry_condition_fn=retry_unless_user_error, **retries
     )
+    return task_(name, params, layout, on_epoch, metadata)
 
 
 @task(cache_policy=NO_CACHE)
@@ -162,14 +169,14 @@ def train_autoencoder(
     with tracking.start_run(params.data.dataset, base, params.as_flat_dict(), tags) as run:
         run_id = run.info.run_id
         versioning.check_outputs(base, layout)
-        _, seconds["ingest"] = stage("ingest")("ingest", params, layout)
-        _, seconds["normalize"] = stage("normalize")("normalize", params, layout)
+        _, seconds["ingest"] = run_in_task("ingest", params, layout)
+        _, seconds["normalize"] = run_in_task("normalize", params, layout)
         with EpochReporter(tracking.EpochLogger(run_id), params.train.epochs) as reporter:
-            fit, seconds["train"] = stage("train")("train", params, layout, reporter)
-        metrics, seconds["evaluate"] = stage("evaluate")("evaluate", params, layout)
+            fit, seconds["train"] = run_in_task("train", params, layout, reporter)
+        metrics, seconds["evaluate"] = run_in_task("evaluate", params, layout)
 
         def write_table(metadata: dict[str, str]) -> Path:
-            table, seconds["export"] = stage("export")("export", params, layout, None, metadata)
+            table, seconds["export"] = run_in_task("export", params, layout, metadata=metadata)
             return table
 
         summary = tracking.publish(
