@@ -35,14 +35,9 @@ def encode_and_reconstruct(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray,
         latents.append(z.float().cpu().numpy())
         errors.append(((model.decoder(z) - rows) ** 2).float().cpu().numpy())
     if not latents:
-        k = model_latent_dim(model)
+        k = model.k
         return np.zeros((0, k), np.float32), np.zeros((0, x.shape[1]), np.float32)
     return np.concatenate(latents), np.concatenate(errors)
-
-
-def model_latent_dim(model: nn.Module) -> int:
-    """Return k, the width of the model's bottleneck."""
-    return model.k
 
 
 def row_errors(feature_errors: np.ndarray) -> np.ndarray:
@@ -132,7 +127,7 @@ def evaluate(
     label_col = schema["label_col"]
     labels = read_labels(processed, label_col)
     model = load_model(model_path)
-    k = model_latent_dim(model)
+    k = model.k
     latents, feature_errors = encode_and_reconstruct(model, x)
     errors = row_errors(feature_errors)
     val_errors = errors[is_val]

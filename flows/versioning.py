@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,19 +108,24 @@ def check_outputs(root: Path, layout: Layout) -> None:
                 raise AepipeError(message)
 
 
-def data_tags(root: Path, layout: Layout) -> dict[str, str]:
-    """The md5 and the project-relative path of the raw input and the latent table."""
+def data_tags(
+    root: Path, layout: Layout, digests: Mapping[Path, str] | None = None
+) -> dict[str, str]:
+    """The md5 and the project-relative path of the raw input and the latent table.
+
+    ``digests`` holds md5s already computed (when the files were cached), read once.
+    """
     tags = {}
     for name, path in (("raw", layout.raw), ("latents", layout.partition("train"))):
         md5_tag, path_tag = TAGS[name]
-        tags[md5_tag] = file_digest(path)
+        tags[md5_tag] = (digests or {}).get(path) or file_digest(path)
         tags[path_tag] = str(path.relative_to(root))
     return tags
 
 
-def describe(root: Path, layout: Layout) -> Record:
+def describe(root: Path, layout: Layout, digests: Mapping[Path, str] | None = None) -> Record:
     """Tags naming a run's code and data: git commit, md5 and path of input and table."""
-    result = Record(tags=data_tags(root, layout))
+    result = Record(tags=data_tags(root, layout, digests))
     commit, problem = git_state(root)
     if commit:
         result.tags["mlflow.source.git.commit"] = commit
@@ -142,17 +148,18 @@ def record(root: Path, layout: Layout, pipeline_matches: bool) -> Record:
         The MLflow tags (md5 and path of each file, git commit) and any warnings. A missing
         git or DVC repository, or an unreachable remote, warns and loses nothing.
     """
-    result = describe(root, layout)
     try:
         repo = open_repo(root)
     except AepipeError as error:
+        result = describe(root, layout)
         result.warnings.append(f"{error}; data are not versioned")
         return result
     with repo, contextlib.chdir(root):  # DVC resolves some paths against the cwd
-        md5s = [cache_file(repo, path) for path in layout.stage_files()]
+        digests = {path: cache_file(repo, path) for path in layout.stage_files()}
         if pipeline_matches:
             repo.commit(None, force=True)
-        warning = push(repo, md5s)
+        warning = push(repo, list(digests.values()))
+    result = describe(root, layout, digests)
     if warning:
         result.warnings.append(warning)
     result.tags["aepipe.dvc_pushed"] = "false" if warning else "true"
