@@ -39,6 +39,9 @@ class NormalizeConfig:
     method: str
     val_fraction: float
     seed: int
+    max_onehot: int
+    hash_buckets: int
+    missing_indicator: bool
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class ModelConfig:
     """The autoencoder's kind and shape."""
 
     kind: str
-    latent_dim: int
+    latent_dim: int | None
     hidden: tuple[int, ...] | None
     noise_std: float
     mask_rate: float
@@ -63,6 +66,7 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     weight_decay: float
+    trim_fraction: float
     patience: int
     lr_schedule: str
     grad_clip: float
@@ -75,6 +79,7 @@ class EvaluateConfig:
     """How the anomaly threshold is fitted."""
 
     threshold_quantile: float
+    latent_weight: float
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,11 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("normalize.method", params.normalize.method in NORMALIZE_METHODS, str(NORMALIZE_METHODS)),
         ("normalize.val_fraction", 0 < params.normalize.val_fraction < 1, "between 0 and 1"),
         ("model.kind", params.model.kind in MODEL_KINDS, str(tuple(MODEL_KINDS))),
-        ("model.latent_dim", params.model.latent_dim >= 1, "at least 1"),
+        ("normalize.max_onehot", params.normalize.max_onehot >= 1, "at least 1"),
+        ("normalize.hash_buckets", params.normalize.hash_buckets >= 2, "at least 2"),
+        ("model.latent_dim", (params.model.latent_dim or 1) >= 1, "null (auto) or at least 1"),
+        ("train.trim_fraction", 0 <= params.train.trim_fraction < 1, "in [0, 1)"),
+        ("evaluate.latent_weight", 0 <= params.evaluate.latent_weight <= 1, "in [0, 1]"),
         ("train.epochs", params.train.epochs >= 1, "at least 1"),
         ("train.batch_size", params.train.batch_size >= 1, "at least 1"),
         ("train.learning_rate", params.train.learning_rate > 0, "positive"),

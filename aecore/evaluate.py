@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from aecore.config import EvaluateConfig
-from aecore.io import read_schema, write_json
+from aecore.io import write_json
 from aecore.models import load_model
 from aecore.normalize import Normalizer
 from aecore.train import EVAL_BATCH, load_features
@@ -21,7 +23,9 @@ QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
 @torch.no_grad()
 def encode_and_reconstruct(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the latents ``(n, k)`` and squared errors per feature ``(n, d)`` of rows ``x``.
+    """Return the latents ``(n, k)`` and errors per source column ``(n, columns)`` of ``x``.
+
+    A numeric column's error is its squared error, a one-hot column's its cross-entropy.
 
     Runs in float32 on the model's device, in large slices, so every caller (the
     export, the evaluation and the registered model) gets the same numbers.
@@ -33,16 +37,58 @@ def encode_and_reconstruct(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray,
         rows = rows.to(device)
         z = model.encode(rows)
         latents.append(z.float().cpu().numpy())
-        errors.append(((model.decoder(z) - rows) ** 2).float().cpu().numpy())
+        errors.append(model.column_errors(model.decoder(z), rows).float().cpu().numpy())
     if not latents:
-        k = model.k
-        return np.zeros((0, k), np.float32), np.zeros((0, x.shape[1]), np.float32)
+        columns = model.column_errors.columns
+        return np.zeros((0, model.k), np.float32), np.zeros((0, columns), np.float32)
     return np.concatenate(latents), np.concatenate(errors)
 
 
 def row_errors(feature_errors: np.ndarray) -> np.ndarray:
-    """Mean squared error per row ``(n,)`` from per-feature squared errors ``(n, d)``."""
+    """Mean error per row ``(n,)`` from the errors per source column ``(n, columns)``."""
     return feature_errors.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def fit_scorer(
+    train_latents: np.ndarray, train_errors: np.ndarray, latent_weight: float
+) -> dict[str, Any]:
+    """Fit the anomaly score on the training rows: column error scales, latent density.
+
+    Returns:
+        ``column_scale`` (each column's mean training error, floored so that a constant
+        column cannot blow up), ``latent_mean``, ``latent_std``, ``latent_precision``
+        (pseudo-inverse of the latent covariance) and ``latent_weight``.
+    """
+    scale = train_errors.mean(axis=0, dtype=np.float64)
+    scale = np.maximum(scale, 1e-3 * scale.mean() + 1e-12)
+    z = train_latents.astype(np.float64)
+    covariance = np.atleast_2d(np.cov(z, rowvar=False, ddof=0)) if len(z) > 1 else None
+    k = z.shape[1]
+    precision = np.eye(k) if covariance is None else np.linalg.pinv(covariance, hermitian=True)
+    return {
+        "column_scale": scale.tolist(),
+        "latent_mean": z.mean(axis=0).tolist(),
+        "latent_std": z.std(axis=0).tolist(),
+        "latent_precision": precision.tolist(),
+        "latent_weight": latent_weight,
+    }
+
+
+def anomaly_scores(
+    latents: np.ndarray, feature_errors: np.ndarray, scorer: Mapping[str, Any]
+) -> np.ndarray:
+    """The anomaly score of each row ``(n,)``: how unlike the training rows it is.
+
+    ``(1 - w) * mean(column error / column scale) + w * Mahalanobis² of z / k``: the first
+    term is the reconstruction error with every column on the same footing, the second
+    the density of the latent code; each is about 1 on a typical training row.
+    """
+    scaled = (feature_errors / np.asarray(scorer["column_scale"])).mean(axis=1)
+    offset = latents - np.asarray(scorer["latent_mean"])
+    distance = ((offset @ np.asarray(scorer["latent_precision"])) * offset).sum(axis=1)
+    weight = float(scorer["latent_weight"])
+    score = (1 - weight) * scaled + weight * distance / max(latents.shape[1], 1)
+    return score.astype(np.float32)
 
 
 def pca_baseline_mse(x_train: np.ndarray, x_val: np.ndarray, k: int) -> float:
@@ -122,8 +168,8 @@ def evaluate(
 
     from aecore import plots
 
-    x, is_val, features = load_features(processed)
-    schema = read_schema(processed)
+    x, is_val, schema = load_features(processed)
+    features = schema["features"]
     label_col = schema["label_col"]
     labels = read_labels(processed, label_col)
     model = load_model(model_path)
@@ -131,9 +177,13 @@ def evaluate(
     latents, feature_errors = encode_and_reconstruct(model, x)
     errors = row_errors(feature_errors)
     val_errors = errors[is_val]
-    threshold = fit_threshold(val_errors, config.threshold_quantile)
+    scorer = fit_scorer(latents[~is_val], feature_errors[~is_val], config.latent_weight)
+    scores = anomaly_scores(latents, feature_errors, scorer)
+    threshold = fit_threshold(scores[is_val], config.threshold_quantile)
     recon_mse = float(feature_errors[is_val].mean(dtype=np.float64))
     pca_mse = pca_baseline_mse(x[~is_val], x[is_val], k)
+    val_labels = labels[is_val] if labels is not None else None
+    plain = anomaly_metrics(val_labels, val_errors)
     metrics = {
         "rows": len(x),
         "features": len(features),
@@ -142,18 +192,19 @@ def evaluate(
         "pca_recon_mse": pca_mse,
         "recon_mse_vs_pca": recon_mse / pca_mse if pca_mse > 0 else math.inf,
         "threshold": threshold,
-        "anomaly_rate": float((errors > threshold).mean()),
+        "anomaly_rate": float((scores > threshold).mean()),
         **summarize_errors(val_errors),
-        **anomaly_metrics(labels[is_val] if labels is not None else None, val_errors),
+        **anomaly_metrics(val_labels, scores[is_val]),
+        **{f"{name}_recon_error": value for name, value in plain.items()},
     }
     per_feature = dict(zip(features, feature_errors[is_val].mean(axis=0).tolist(), strict=True))
     history = json.loads(Path(history_path).read_text())["epochs"]
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     plots.loss_curves(history, figures / "loss_curves.png")
-    plots.error_histogram(errors[is_val], threshold, figures / "error_histogram.png")
-    plots.latent_projection(latents, labels, errors, figures / "latent_projection.png")
-    if image_shape and math.prod(image_shape) == len(features):
+    plots.error_histogram(scores[is_val], threshold, figures / "error_histogram.png")
+    plots.latent_projection(latents, labels, scores, figures / "latent_projection.png")
+    if image_shape and math.prod(image_shape) == x.shape[1]:
         sample = np.flatnonzero(is_val)[:10]
         with torch.no_grad():
             reconstructed = model(torch.from_numpy(x[sample])).numpy()
@@ -169,28 +220,29 @@ def evaluate(
     )
     (figures / "report.md").write_text(report_markdown(metrics, per_feature))
     write_plot_data(history, errors[is_val], out_dir)
-    reference = scoring_reference(schema, threshold, val_errors, latents[~is_val])
+    reference = scoring_reference(schema, threshold, val_errors, scorer)
     write_json(reference, out_dir / "reference.json")
     write_json(metrics, out_dir / "metrics.json")
     return metrics
 
 
 def scoring_reference(
-    schema: dict, threshold: float, val_errors: np.ndarray, train_latents: np.ndarray
+    schema: dict, threshold: float, val_errors: np.ndarray, scorer: Mapping[str, Any]
 ) -> dict:
-    """What scoring new batches needs besides the weights: columns, threshold, drift baseline.
+    """What scoring new rows needs besides the weights and the normalizer.
 
-    The error quantiles and latent moments let a scored batch be compared with training.
+    The columns and their kinds, the anomaly score's parameters and threshold, and the
+    held-out error quantiles and latent moments that a scored batch is compared with.
     """
     return {
         "threshold": threshold,
         "features": schema["features"],
         "types": schema["types"],
+        "kinds": schema.get("kinds") or dict.fromkeys(schema["features"], "numeric"),
         "id_col": schema["id_col"],
         "label_col": schema["label_col"],
         "error_quantiles": np.quantile(val_errors, np.linspace(0, 1, 201)).tolist(),
-        "latent_mean": train_latents.mean(axis=0).tolist(),
-        "latent_std": train_latents.std(axis=0).tolist(),
+        **scorer,
     }
 
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aecore.config import ExportConfig
-from aecore.evaluate import encode_and_reconstruct, row_errors
-from aecore.io import file_digest, read_schema, write_parquet
+from aecore.evaluate import anomaly_scores, encode_and_reconstruct, row_errors
+from aecore.io import file_digest, write_parquet
 from aecore.models import load_model
 from aecore.train import load_features
 
@@ -29,34 +30,38 @@ TOP_FEATURES = 3
 def latent_columns(
     latents: np.ndarray,
     feature_errors: np.ndarray,
-    threshold: float,
-    features: Sequence[str],
+    reference: Mapping[str, Any],
     quantize: bool = False,
 ) -> dict[str, pa.Array]:
-    """The scored columns: ``z0 … z{k-1}``, ``recon_error``, ``is_anomaly``, ``top_features``.
+    """The scored columns: latents, ``recon_error``, ``anomaly_score``, flag, top features.
+
+    ``z0 … z{k-1}``, ``recon_error``, ``anomaly_score``, ``is_anomaly``, ``top_features``.
 
     Args:
         latents: ``(n, k)``.
-        feature_errors: squared reconstruction error per feature ``(n, d)``.
-        threshold: ``recon_error`` above it is an anomaly.
-        features: the ``d`` feature names.
+        feature_errors: reconstruction error per source column ``(n, columns)``.
+        reference: the scoring reference of the evaluate stage: feature names, the
+            anomaly score's parameters and its threshold.
         quantize: latents as float16.
     """
-    errors = row_errors(feature_errors)
+    scores = anomaly_scores(latents, feature_errors, reference)
     z_type = np.float16 if quantize else np.float32
     columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}
-    columns["recon_error"] = pa.array(errors.astype(np.float32))
-    columns["is_anomaly"] = pa.array(errors > threshold)
-    columns["top_features"] = top_features(feature_errors, features)
+    columns["recon_error"] = pa.array(row_errors(feature_errors))
+    columns["anomaly_score"] = pa.array(scores)
+    columns["is_anomaly"] = pa.array(scores > float(reference["threshold"]))
+    scaled = feature_errors / np.asarray(reference["column_scale"], dtype=np.float32)
+    columns["top_features"] = top_features(scaled, reference["features"])
     return columns
 
 
 def top_features(
     feature_errors: np.ndarray, features: Sequence[str], count: int = TOP_FEATURES
 ) -> pa.Array:
-    """Per row, the names of the ``count`` features with the largest error, largest first.
+    """Per row, the names of the ``count`` columns with the largest error, largest first.
 
-    Why a row is anomalous: the columns it reconstructs worst.
+    Why a row is anomalous: the columns it reconstructs worst, each error measured
+    against that column's typical training error.
     """
     n, d = feature_errors.shape
     count = min(count, d)
@@ -92,7 +97,7 @@ def export(
     processed: Path,
     model_path: Path,
     normalizer_path: Path,
-    metrics_path: Path,
+    reference_path: Path,
     out: Path,
     config: ExportConfig,
     metadata: Mapping[str, str] | None = None,
@@ -104,21 +109,20 @@ def export(
         processed: the normalized features with id, label and split columns.
         model_path: the trained weights.
         normalizer_path: its SHA-256 goes into the metadata.
-        metrics_path: the evaluation's metrics.json, which holds the threshold.
+        reference_path: the evaluation's reference.json: the anomaly score and threshold.
         out: the partition file, e.g. ``data/latents/digits/batch=train/part-0.parquet``.
         config: row group size and float16 quantization.
         metadata: more ``aepipe.*`` metadata, e.g. ``model_uri`` and ``mlflow_run_id``.
         data_version: the version of the input data (DVC md5 of the raw file).
     """
-    schema = read_schema(processed)
-    x, _, _ = load_features(processed)
+    x, _, schema = load_features(processed)
     model = load_model(model_path)
-    threshold = float(json.loads(Path(metrics_path).read_text())["threshold"])
+    reference = json.loads(Path(reference_path).read_text())
+    threshold = float(reference["threshold"])
     latents, feature_errors = encode_and_reconstruct(model, x)
     passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
     table = pq.read_table(processed, columns=passthrough)
-    features = schema["features"]
-    scored = latent_columns(latents, feature_errors, threshold, features, config.quantize)
+    scored = latent_columns(latents, feature_errors, reference, config.quantize)
     for name, column in scored.items():
         table = table.append_column(name, column)
     info = {

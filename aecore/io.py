@@ -91,7 +91,11 @@ def _read_file(fs: object, path: str, shown: str) -> pa.Table:
                 return pq.read_table(handle)
             if kind == "csv":
                 delimiter = "\t" if ".tsv" in path.lower() else ","
-                return pcsv.read_csv(handle, parse_options=pcsv.ParseOptions(delimiter=delimiter))
+                return pcsv.read_csv(
+                    handle,
+                    parse_options=pcsv.ParseOptions(delimiter=delimiter),
+                    convert_options=pcsv.ConvertOptions(strings_can_be_null=True),  # "" is missing
+                )
             return pjson.read_json(handle)
     except (pa.ArrowException, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -125,8 +129,39 @@ def read_source(source: str) -> pa.Table:
 
 
 def is_numeric(column_type: pa.DataType) -> bool:
-    """Return whether an Arrow type is a usable numeric feature (integers and floats)."""
+    """Return whether an Arrow type is a number (integers and floats)."""
     return pa.types.is_integer(column_type) or pa.types.is_floating(column_type)
+
+
+def column_kind(column_type: pa.DataType) -> str | None:
+    """The kind of feature a column makes, from its Arrow type, or ``None`` when unusable.
+
+    ``numeric`` (integers, floats), ``boolean``, ``datetime`` (timestamps, dates) or
+    ``categorical`` (strings, dictionaries).
+    """
+    if pa.types.is_boolean(column_type):
+        return "boolean"
+    if is_numeric(column_type):
+        return "numeric"
+    if pa.types.is_timestamp(column_type) or pa.types.is_date(column_type):
+        return "datetime"
+    if pa.types.is_dictionary(column_type):
+        return column_kind(column_type.value_type) and "categorical"
+    if pa.types.is_string(column_type) or pa.types.is_large_string(column_type):
+        return "categorical"
+    return None
+
+
+def is_feature(column: pa.ChunkedArray) -> bool:
+    """Whether a column is a feature by default: a usable type, and not a key.
+
+    A string column with a different value in every row (a name, a key, free text) has
+    nothing to learn from; it stays in the raw data but is not a feature.
+    """
+    kind = column_kind(column.type)
+    if kind != "categorical":
+        return kind is not None
+    return len(column) < 2 or len(column.unique()) < len(column)
 
 
 def select_columns(table: pa.Table, config: DataConfig, shown: str) -> tuple[str, list[str]]:
@@ -152,14 +187,17 @@ def select_columns(table: pa.Table, config: DataConfig, shown: str) -> tuple[str
             if column not in names:
                 message = f"{shown}: feature column {column!r} not found (columns: {listed})"
                 raise AepipeError(message)
-            if not is_numeric(table.schema.field(column).type):
+            if column_kind(table.schema.field(column).type) is None:
                 kind = table.schema.field(column).type
-                message = f"{shown}: feature column {column!r} is {kind}, not numeric"
+                message = (
+                    f"{shown}: feature column {column!r} is {kind}, not numeric, boolean, "
+                    "datetime or string"
+                )
                 raise AepipeError(message)
     else:
-        features = [n for n in names if n not in roles and is_numeric(table.schema.field(n).type)]
+        features = [n for n in names if n not in roles and is_feature(table.column(n))]
     if not features:
-        message = f"{shown}: no numeric feature columns (columns: {listed})"
+        message = f"{shown}: no usable feature columns (columns: {listed})"
         raise AepipeError(message)
     if config.id_col is not None:
         ids = table.column(config.id_col)
@@ -195,6 +233,7 @@ def ingest(config: DataConfig, out: Path) -> Path:
         "label_col": config.label_col,
         "features": features,
         "types": {name: str(table.schema.field(name).type) for name in features},
+        "kinds": {name: column_kind(table.schema.field(name).type) for name in features},
     }
     metadata = {**(table.schema.metadata or {}), META_SCHEMA: json.dumps(schema).encode()}
     write_parquet(table.replace_schema_metadata(metadata), out)

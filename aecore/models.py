@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aecore.config import ModelConfig
@@ -34,18 +33,82 @@ def default_hidden(d: int, k: int) -> tuple[int, ...]:
     return (first, max(first // 2, 2 * k))
 
 
+def default_latent_dim(d: int) -> int:
+    """The bottleneck when ``model.latent_dim`` is null: an eighth of the inputs, at least 2.
+
+    Narrow enough that anomalies reconstruct badly (benchmarks/anomaly.py); 8 for digits.
+    """
+    return max(2, round(d / 8))
+
+
+class ColumnErrors(nn.Module):
+    """Reconstruction error per source column from model inputs and outputs.
+
+    A numeric block's error is its mean squared error; a one-hot block's (a categorical or
+    boolean column) is the cross-entropy of the softmax of its outputs against the true
+    category, so every source column counts once, however wide its encoding.
+    """
+
+    def __init__(self, blocks: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.plain = all(kind == "num" and width == 1 for kind, width in blocks)
+        owner, numeric, categorical, start = [], [], [], 0
+        for column, (kind, width) in enumerate(blocks):
+            if kind == "num":
+                numeric += range(start, start + width)
+                owner += [column] * width
+            else:
+                categorical.append((column, start, start + width))
+            start += width
+        counts = torch.bincount(torch.tensor(owner, dtype=torch.long), minlength=len(blocks))
+        self.register_buffer("numeric", torch.tensor(numeric, dtype=torch.long), persistent=False)
+        self.register_buffer("owner", torch.tensor(owner, dtype=torch.long), persistent=False)
+        self.register_buffer("weight", 1 / counts.clamp(min=1).float(), persistent=False)
+        self.categorical = categorical
+        self.columns = len(blocks)
+
+    def forward(self, output: Tensor, x: Tensor) -> Tensor:  # (n, d), (n, d) -> (n, columns)
+        if self.plain:
+            return (output - x) ** 2
+        squared = (output[:, self.numeric] - x[:, self.numeric]) ** 2
+        errors = output.new_zeros(len(x), self.columns)
+        errors.index_add_(1, self.owner, squared * self.weight[self.owner])
+        for column, start, stop in self.categorical:
+            logits = output[:, start:stop]
+            target = (logits * x[:, start:stop]).sum(dim=1)
+            errors[:, column] = torch.logsumexp(logits, dim=1) - target
+        return errors
+
+
 class DenseAutoencoder(nn.Module):
-    """A deep dense autoencoder: ``d -> hidden -> k -> reversed(hidden) -> d``."""
+    """A deep dense autoencoder: ``d -> hidden -> k -> reversed(hidden) -> d``.
+
+    ``blocks`` describes the inputs per source column (see ``Normalizer.blocks``); by
+    default every input is one numeric column.
+    """
 
     kind = "dense"
     OPTIONS: tuple[str, ...] = ()  # ModelConfig fields this kind takes
 
-    def __init__(self, d: int, k: int, hidden: tuple[int, ...], encoder_out: int = 0) -> None:
+    def __init__(
+        self,
+        d: int,
+        k: int,
+        hidden: tuple[int, ...],
+        blocks: list[tuple[str, int]] | None = None,
+        encoder_out: int = 0,
+    ) -> None:
         super().__init__()
-        self.spec = {"d": d, "k": k, "hidden": list(hidden)}  # rebuilds the model on load
+        blocks = [tuple(block) for block in blocks] if blocks else [("num", 1)] * d
+        if sum(width for _, width in blocks) != d:
+            message = f"model: blocks cover {sum(w for _, w in blocks)} inputs, not {d}"
+            raise AepipeError(message)
+        # everything that rebuilds the model on load
+        self.spec = {"d": d, "k": k, "hidden": list(hidden), "blocks": [list(b) for b in blocks]}
         self.k = k
         self.encoder = make_layers([d, *hidden, encoder_out or k])
         self.decoder = make_layers([k, *reversed(hidden), d])
+        self.column_errors = ColumnErrors(blocks)
         self.epoch = 0
 
     def encode(self, x: Tensor) -> Tensor:  # (n, d) -> (n, k)
@@ -54,8 +117,12 @@ class DenseAutoencoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (n, d) -> (n, d)
         return self.decoder(self.encode(x))
 
+    def row_loss(self, x: Tensor) -> Tensor:
+        """The training loss of each row ``(n,)``; the loop averages it, trimmed or not."""
+        return self.column_errors(self(x), x).mean(dim=1)
+
     def loss(self, x: Tensor) -> Tensor:
-        return F.mse_loss(self(x), x)
+        return self.row_loss(x).mean()
 
 
 class DenoisingAutoencoder(DenseAutoencoder):
@@ -69,10 +136,11 @@ class DenoisingAutoencoder(DenseAutoencoder):
         d: int,
         k: int,
         hidden: tuple[int, ...],
+        blocks: list[tuple[str, int]] | None = None,
         noise_std: float = 0.1,
         mask_rate: float = 0.1,
     ) -> None:
-        super().__init__(d, k, hidden)
+        super().__init__(d, k, hidden, blocks)
         self.spec |= {"noise_std": noise_std, "mask_rate": mask_rate}
         self.noise_std, self.mask_rate = noise_std, mask_rate
 
@@ -83,8 +151,8 @@ class DenoisingAutoencoder(DenseAutoencoder):
         keep = (torch.rand_like(x) >= self.mask_rate).to(x.dtype)
         return (x + self.noise_std * torch.randn_like(x)) * keep
 
-    def loss(self, x: Tensor) -> Tensor:
-        return F.mse_loss(self.decoder(self.encode(self.corrupt(x))), x)
+    def row_loss(self, x: Tensor) -> Tensor:
+        return self.column_errors(self.decoder(self.encode(self.corrupt(x))), x).mean(dim=1)
 
 
 class SparseAutoencoder(DenseAutoencoder):
@@ -94,20 +162,26 @@ class SparseAutoencoder(DenseAutoencoder):
     OPTIONS = ("sparsity_weight",)
 
     def __init__(
-        self, d: int, k: int, hidden: tuple[int, ...], sparsity_weight: float = 1e-3
+        self,
+        d: int,
+        k: int,
+        hidden: tuple[int, ...],
+        blocks: list[tuple[str, int]] | None = None,
+        sparsity_weight: float = 1e-3,
     ) -> None:
-        super().__init__(d, k, hidden)
+        super().__init__(d, k, hidden, blocks)
         self.spec |= {"sparsity_weight": sparsity_weight}
         self.sparsity_weight = sparsity_weight
 
-    def loss(self, x: Tensor) -> Tensor:
+    def row_loss(self, x: Tensor) -> Tensor:
         z = self.encode(x)
-        return F.mse_loss(self.decoder(z), x) + self.sparsity_weight * z.abs().mean()
+        reconstruction = self.column_errors(self.decoder(z), x).mean(dim=1)
+        return reconstruction + self.sparsity_weight * z.abs().mean(dim=1)
 
 
 def kl_divergence(mu: Tensor, log_var: Tensor) -> Tensor:
-    """Mean over rows of KL(N(mu, exp(log_var)) || N(0, I))."""
-    return (-0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(dim=1)).mean()
+    """KL(N(mu, exp(log_var)) || N(0, I)) of each row ``(n,)``."""
+    return -0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(dim=1)
 
 
 class VariationalAutoencoder(DenseAutoencoder):
@@ -120,9 +194,15 @@ class VariationalAutoencoder(DenseAutoencoder):
     OPTIONS = ("beta", "kl_warmup_epochs")
 
     def __init__(
-        self, d: int, k: int, hidden: tuple[int, ...], beta: float = 1.0, kl_warmup_epochs: int = 10
+        self,
+        d: int,
+        k: int,
+        hidden: tuple[int, ...],
+        blocks: list[tuple[str, int]] | None = None,
+        beta: float = 1.0,
+        kl_warmup_epochs: int = 10,
     ) -> None:
-        super().__init__(d, k, hidden, encoder_out=2 * k)
+        super().__init__(d, k, hidden, blocks, encoder_out=2 * k)
         self.spec |= {"beta": beta, "kl_warmup_epochs": kl_warmup_epochs}
         self.beta, self.kl_warmup_epochs = beta, kl_warmup_epochs
 
@@ -134,19 +214,19 @@ class VariationalAutoencoder(DenseAutoencoder):
         return self.moments(x)[0]
 
     def kl(self, x: Tensor) -> Tensor:
-        """Mean KL divergence of q(z|x) from N(0, I), per row."""
-        return kl_divergence(*self.moments(x))
+        """Mean over rows of the KL divergence of q(z|x) from N(0, I)."""
+        return kl_divergence(*self.moments(x)).mean()
 
     def kl_weight(self) -> float:
         """β, ramped up linearly over the first ``kl_warmup_epochs`` epochs."""
         return self.beta * min(1.0, (self.epoch + 1) / max(self.kl_warmup_epochs, 1))
 
-    def loss(self, x: Tensor) -> Tensor:
+    def row_loss(self, x: Tensor) -> Tensor:
         mu, log_var = self.moments(x)
         z = mu + (0.5 * log_var).exp() * torch.randn_like(mu)  # the reparameterization trick
-        reconstruction = F.mse_loss(self.decoder(z), x)
-        kl = kl_divergence(mu, log_var) / x.shape[1]  # per feature, as the MSE is
-        return reconstruction + self.kl_weight() * kl
+        errors = self.column_errors(self.decoder(z), x)
+        kl = kl_divergence(mu, log_var) / errors.shape[1]  # per column, as the error is
+        return errors.mean(dim=1) + self.kl_weight() * kl
 
 
 MODEL_KINDS: dict[str, type[DenseAutoencoder]] = {
@@ -155,15 +235,18 @@ MODEL_KINDS: dict[str, type[DenseAutoencoder]] = {
 }
 
 
-def build_model(config: ModelConfig, d: int) -> DenseAutoencoder:
-    """Create an untrained autoencoder of ``config.kind`` for ``d`` features."""
+def build_model(
+    config: ModelConfig, d: int, blocks: list[tuple[str, int]] | None = None
+) -> DenseAutoencoder:
+    """Create an untrained autoencoder of ``config.kind`` for ``d`` inputs in ``blocks``."""
     if config.kind not in MODEL_KINDS:
         message = f"model.kind: {config.kind!r} is not one of {tuple(MODEL_KINDS)}"
         raise AepipeError(message)
     cls = MODEL_KINDS[config.kind]
-    hidden = config.hidden or default_hidden(d, config.latent_dim)
+    k = config.latent_dim or default_latent_dim(d)
+    hidden = config.hidden or default_hidden(d, k)
     options = {name: getattr(config, name) for name in cls.OPTIONS}
-    return cls(d, config.latent_dim, tuple(hidden), **options)
+    return cls(d, k, tuple(hidden), blocks, **options)
 
 
 def model_spec(model: DenseAutoencoder) -> dict[str, Any]:
@@ -188,6 +271,6 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> nn.Module:
         raise AepipeError(message) from error
     spec = dict(saved["spec"])
     cls = MODEL_KINDS[spec.pop("kind")]
-    model = cls(**{**spec, "hidden": tuple(spec["hidden"])})
+    model = cls(**{**spec, "hidden": tuple(spec["hidden"])})  # spec from save_model
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()

@@ -59,7 +59,7 @@ def run_stage(
             layout.processed,
             layout.model,
             layout.normalizer,
-            layout.metrics,
+            layout.reference,
             layout.partition("train"),
             params.export,
             metadata,

@@ -44,8 +44,8 @@ def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
     bins = np.geomspace(low, max(high, low * 1.01), 60)  # errors are heavy-tailed: log bins
     axis.hist(np.clip(errors, low, None), bins=bins, color="tab:blue", alpha=0.8)
     axis.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.4g}")
-    axis.set(xscale="log", xlabel="reconstruction error (MSE per row)", ylabel="rows")
-    axis.set_title("Held-out reconstruction errors")
+    axis.set(xscale="log", xlabel="anomaly score", ylabel="rows")
+    axis.set_title("Held-out anomaly scores")
     axis.legend()
     return _save(figure, path)
 
@@ -53,7 +53,7 @@ def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
 def latent_projection(
     latents: np.ndarray, labels: np.ndarray | None, errors: np.ndarray, path: Path
 ) -> Path:
-    """The latents projected on their first two principal axes, coloured by label or error."""
+    """The latents projected on their first two principal axes, coloured by label or score."""
     centred = latents.astype(np.float64) - latents.mean(axis=0)
     if latents.shape[1] > 2:
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -72,7 +72,7 @@ def latent_projection(
         axis.legend(markerscale=3, fontsize="small", title="label", ncols=2)
     else:
         scatter = axis.scatter(points[:, 0], points[:, 1], s=6, c=np.log10(errors + 1e-12))
-        figure.colorbar(scatter, label="log10 reconstruction error")
+        figure.colorbar(scatter, label="log10 anomaly score")
     low, high = np.percentile(points, [0.5, 99.5], axis=0)
     margin = 0.05 * (high - low) + 1e-9
     axis.set(

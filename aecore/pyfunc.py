@@ -30,7 +30,6 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         self.model = load_model(Path(context.artifacts["model"]))
         self.normalizer = Normalizer.from_json(Path(context.artifacts["normalizer"]))
         self.reference = json.loads(Path(context.artifacts["scoring"]).read_text())
-        self.threshold = float(self.reference["threshold"])
 
     def predict(
         self,
@@ -38,10 +37,14 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        """Return ``z0 … z{k-1}``, ``recon_error`` and ``is_anomaly`` for each input row."""
+        """Score each input row: latents, errors, anomaly score and flag, top features.
+
+        Columns ``z0 … z{k-1}``, ``recon_error``, ``anomaly_score``, ``is_anomaly`` and
+        ``top_features``, in the input's row order and index.
+        """
         x = self.normalizer.transform(pd.DataFrame(model_input), source="model input")
         latents, feature_errors = encode_and_reconstruct(self.model, x)
-        columns = latent_columns(latents, feature_errors, self.threshold, self.normalizer.columns)
+        columns = latent_columns(latents, feature_errors, self.reference)
         return pd.DataFrame(
             {name: column.to_numpy(zero_copy_only=False) for name, column in columns.items()},
             index=model_input.index,

@@ -14,9 +14,17 @@ import pyarrow.parquet as pq
 from torch import nn
 
 from aecore.errors import AepipeError
-from aecore.evaluate import encode_and_reconstruct, row_errors
+from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns, stamp
-from aecore.io import ROW_ID, atomic_path, format_of, is_numeric, list_source_files, redact_url
+from aecore.io import (
+    ROW_ID,
+    atomic_path,
+    column_kind,
+    format_of,
+    is_numeric,
+    list_source_files,
+    redact_url,
+)
 from aecore.normalize import Normalizer
 
 # log-spaced bins for the running error histogram: p99 and drift without keeping rows
@@ -86,10 +94,10 @@ def check_schema(schema: pa.Schema, reference: Mapping, shown: str) -> list[str]
         if column not in names:
             message = f"{shown}: column {column!r} is missing; the model was trained with it"
             raise AepipeError(message)
-        kind = schema.field(column).type
-        if not is_numeric(kind):
-            trained = reference["types"].get(column, "numeric")
-            message = f"{shown}: column {column!r} is {kind}, the model was trained on {trained}"
+        found, trained = schema.field(column).type, reference["kinds"][column]
+        if not readable_as(found, trained):
+            was = reference["types"].get(column, trained)
+            message = f"{shown}: column {column!r} is {found}, the model was trained on {was}"
             raise AepipeError(message)
     if id_col != ROW_ID and id_col not in names:
         message = f"{shown}: id column {id_col!r} is missing"
@@ -100,6 +108,21 @@ def check_schema(schema: pa.Schema, reference: Mapping, shown: str) -> list[str]
         listed = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
         return [f"{shown}: {len(extra)} columns the model does not use are ignored: {listed}"]
     return []
+
+
+def readable_as(found: pa.DataType, kind: str) -> bool:
+    """Whether a column of Arrow type ``found`` can feed a feature of ``kind``.
+
+    Numbers must stay numbers; a datetime may come as a timestamp, a date or a string
+    (parsed as ISO 8601); booleans and categories may come as any type, read as text.
+    """
+    if pa.types.is_null(found):
+        return True  # an all-missing column: imputed
+    if kind == "numeric":
+        return is_numeric(found)
+    if kind == "datetime":
+        return column_kind(found) in ("datetime", "categorical")
+    return column_kind(found) is not None
 
 
 def open_batch(source: str) -> tuple[ds.Dataset, str]:
@@ -175,23 +198,18 @@ def score_batch(
         for batch in read_batches(dataset, [*passthrough, *features], batch_rows):
             if batch.num_rows == 0:
                 continue
-            x = np.column_stack(
-                [
-                    batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-                    for c in features
-                ]
-            )
-            latents, feature_errors = encode_and_reconstruct(model, normalizer.scale(x))
-            errors = row_errors(feature_errors)
+            x = normalizer.transform(batch, shown)
+            latents, feature_errors = encode_and_reconstruct(model, x)
             columns = {c: batch.column(c) for c in passthrough}
             if id_col == ROW_ID:
                 start = summary.rows
                 columns = {ROW_ID: pa.array(np.arange(start, start + batch.num_rows)), **columns}
-            scored = latent_columns(latents, feature_errors, threshold, features)
+            scored = latent_columns(latents, feature_errors, reference)
             table = pa.table({**columns, **scored})
             if writer is None:
-                schema = table.schema.with_metadata(stamped)
-                writer = pq.ParquetWriter(temporary, schema, compression="zstd")
+                out_schema = table.schema.with_metadata(stamped)
+                writer = pq.ParquetWriter(temporary, out_schema, compression="zstd")
+            errors = scored["recon_error"].to_numpy()
             summary.add(errors, latents, scored["is_anomaly"].to_numpy(zero_copy_only=False))
             pending.append(table)
             if sum(t.num_rows for t in pending) >= row_group_size:

@@ -56,6 +56,18 @@ def measure_loss(model: nn.Module, x: Tensor) -> float:
     return total / max(len(x), 1)
 
 
+def trimmed_mean(losses: Tensor, trim: float) -> Tensor:
+    """The mean of ``losses`` without the largest ``trim`` share of them.
+
+    The training rows hold the anomalies too; leaving each batch's worst-reconstructed
+    rows out of the loss keeps them from shaping the model.
+    """
+    keep = len(losses) - int(len(losses) * trim)
+    if keep >= len(losses):
+        return losses.mean()
+    return losses.topk(keep, largest=False, sorted=False).values.mean()
+
+
 @dataclass
 class TrainResult:
     """The best model and how training went."""
@@ -107,7 +119,7 @@ def train(
         for rows in torch.randperm(len(x_train), generator=generator).split(config.batch_size):
             batch = x_train[rows.to(device)]  # slice tensors, no per-row Dataset
             with autocast(device):
-                loss = model.loss(batch)
+                loss = trimmed_mean(model.row_loss(batch), config.trim_fraction)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -142,13 +154,17 @@ def train(
     return result
 
 
-def load_features(processed: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Return ``(x, is_val, features)`` from a processed table: float32 ``(n, d)`` rows."""
-    features = read_schema(processed)["features"]
+def load_features(processed: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Return ``(x, is_val, schema)`` from a processed table: float32 ``(n, d)`` model inputs.
+
+    ``schema["features"]`` names the source columns, ``schema["blocks"]`` their inputs.
+    """
+    schema = read_schema(processed)
     table = pq.read_table(processed)
-    x = np.column_stack([table.column(c).to_numpy() for c in features]).astype(np.float32)
+    columns = [table.column(c).to_numpy() for c in schema["encoded"]]
+    x = np.column_stack(columns).astype(np.float32) if columns else np.zeros((len(table), 0))
     is_val = table.column("split").to_numpy(zero_copy_only=False) == "val"
-    return x, is_val, features
+    return x, is_val, schema
 
 
 def fit_autoencoder(
@@ -164,10 +180,10 @@ def fit_autoencoder(
     Returns:
         A summary: ``best_val_loss``, ``epochs_run``, ``train_seconds``, ``train_rows_per_s``.
     """
-    x, is_val, _ = load_features(processed)
+    x, is_val, schema = load_features(processed)
     device = select_device(train_config.device)
     torch.manual_seed(train_config.seed)
-    model = build_model(model_config, x.shape[1]).to(device)
+    model = build_model(model_config, x.shape[1], schema["blocks"]).to(device)
     result = train(
         model,
         torch.from_numpy(x[~is_val]),

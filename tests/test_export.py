@@ -12,7 +12,7 @@ import pytest
 
 from aecore import io
 from aecore.config import DataConfig, ExportConfig, NormalizeConfig
-from aecore.evaluate import encode_and_reconstruct, row_errors
+from aecore.evaluate import encode_and_reconstruct, fit_scorer, row_errors, scoring_reference
 from aecore.export import export, read_metadata
 from aecore.layout import Layout
 from aecore.models import load_model
@@ -27,7 +27,12 @@ def trained(tmp_path, frame, params):
     source = tmp_path / "t.parquet"
     frame.to_parquet(source)
     io.ingest(DataConfig("t", str(source), "id", "label", None, None), layout.raw)
-    normalize(layout.raw, layout.processed, layout.normalizer, NormalizeConfig("zscore", 0.2, 0))
+    normalize(
+        layout.raw,
+        layout.processed,
+        layout.normalizer,
+        NormalizeConfig("zscore", 0.2, 0, 20, 16, True),
+    )
     model = dataclasses.replace(params.model, latent_dim=3)
     fit_autoencoder(
         layout.processed,
@@ -36,7 +41,11 @@ def trained(tmp_path, frame, params):
         model,
         dataclasses.replace(params.train, epochs=5, device="cpu"),
     )
-    io.write_json({"threshold": 0.5}, layout.metrics)
+    x, is_val, schema = load_features(layout.processed)
+    latents, errors = encode_and_reconstruct(load_model(layout.model), x)
+    scorer = fit_scorer(latents[~is_val], errors[~is_val], latent_weight=0.5)
+    reference = scoring_reference(schema, 0.5, row_errors(errors[is_val]), scorer)
+    io.write_json(reference, layout.reference)
     return layout
 
 
@@ -45,7 +54,7 @@ def run_export(layout, quantize=False, metadata=None):
         layout.processed,
         layout.model,
         layout.normalizer,
-        layout.metrics,
+        layout.reference,
         layout.partition("train"),
         ExportConfig(128, quantize),
         metadata,
@@ -64,15 +73,13 @@ def test_latent_table_contract(trained, frame):
         "z1",
         "z2",
         "recon_error",
+        "anomaly_score",
         "is_anomaly",
         "top_features",
     ]
     assert pa.types.is_list(table.schema.field("top_features").type)
-    assert [str(table.schema.field(c).type) for c in ("z0", "recon_error", "is_anomaly")] == [
-        "float",
-        "float",
-        "bool",
-    ]
+    scored = ("z0", "recon_error", "anomaly_score", "is_anomaly")
+    assert [str(table.schema.field(c).type) for c in scored] == ["float", "float", "float", "bool"]
     file = pq.ParquetFile(path)
     assert file.metadata.row_group(0).column(0).compression == "ZSTD"
     assert file.metadata.num_row_groups == 2  # 200 rows in groups of 128
@@ -84,7 +91,7 @@ def test_latent_table_contract(trained, frame):
     assert meta["created_at"].endswith("+00:00")
     back = table.to_pandas()
     assert back["id"].tolist() == frame["id"].tolist()
-    assert back["is_anomaly"].tolist() == (back["recon_error"] > 0.5).tolist()
+    assert back["is_anomaly"].tolist() == (back["anomaly_score"] > 0.5).tolist()
 
 
 def test_scores_match_an_independent_recomputation(trained, frame):
@@ -94,8 +101,16 @@ def test_scores_match_an_independent_recomputation(trained, frame):
     latents, feature_errors = encode_and_reconstruct(model, normalizer.transform(frame))
     np.testing.assert_allclose(table[["z0", "z1", "z2"]].to_numpy(), latents, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(table["recon_error"], row_errors(feature_errors), rtol=1e-5)
-    x, _, _ = load_features(trained.processed)
+    x, is_val, _ = load_features(trained.processed)
     np.testing.assert_allclose(x, normalizer.transform(frame))
+    # the anomaly score, from its definition: scaled errors and latent Mahalanobis distance
+    train_z = latents[~is_val].astype(np.float64)
+    typical = feature_errors[~is_val].mean(axis=0, dtype=np.float64)
+    scaled = feature_errors / np.maximum(typical, 1e-3 * typical.mean())  # constant column
+    offset = latents - train_z.mean(axis=0)
+    distance = np.einsum("ij,jk,ik->i", offset, np.linalg.inv(np.cov(train_z.T, ddof=0)), offset)
+    expected = 0.5 * scaled.mean(axis=1) + 0.5 * distance / 3
+    np.testing.assert_allclose(table["anomaly_score"], expected, rtol=1e-3)
 
 
 def test_every_reader_reads_it_and_reruns_replace_the_partition(trained):
@@ -121,7 +136,7 @@ def test_quantized_latents_are_float16(trained):
 def test_failed_export_leaves_the_old_partition(trained):
     path = run_export(trained)
     before = path.read_bytes()
-    trained.metrics.write_text(json.dumps({"no": "threshold"}))
+    trained.reference.write_text(json.dumps({"no": "threshold"}))
     with pytest.raises(KeyError):
         run_export(trained)
     assert path.read_bytes() == before

@@ -49,6 +49,7 @@ def test_latent_table_is_written_and_readable(digits_project):
         "target",
         *[f"z{i}" for i in range(8)],
         "recon_error",
+        "anomaly_score",
         "is_anomaly",
         "top_features",
     ]
@@ -69,7 +70,8 @@ def test_mlflow_run_holds_params_metrics_artifacts_and_tags(digits_project):
     run = client.get_run(first["run_id"])
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "digits"
-    assert run.data.params["model.latent_dim"] == "8"
+    assert run.data.params["model.latent_dim"] == "null"  # sized from the inputs:
+    assert run.data.metrics["latent_dim"] == 8  # 64 / 8
     assert run.data.params["train.epochs"] == "15"
     assert run.data.params["data.source"] == "sklearn:digits"
     history = client.get_metric_history(run.info.run_id, "val_loss")
@@ -136,6 +138,7 @@ def test_registered_champion_predicts_the_table(digits_project):
         predicted[latent_columns], expected[latent_columns], rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(predicted["recon_error"], expected["recon_error"], rtol=1e-5)
+    np.testing.assert_allclose(predicted["anomaly_score"], expected["anomaly_score"], rtol=1e-4)
     assert (predicted["is_anomaly"].to_numpy() == expected["is_anomaly"].to_numpy()).all()
     assert [list(t) for t in predicted["top_features"]] == [
         list(t) for t in expected["top_features"]

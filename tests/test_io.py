@@ -80,7 +80,6 @@ def test_demo_source_is_digits(tmp_path):
         ({"label_col": "y"}, r"t.csv: label column 'y' not found"),
         ({"id_col": "key"}, r"t.csv: id column 'key' not found"),
         ({"id_col": "a"}, r"t.csv: id column 'a' has duplicate values"),
-        ({"features": ("a", "name")}, r"t.csv: feature column 'name' is string, not numeric"),
     ],
 )
 def test_bad_columns_name_file_and_column(tmp_path, frame, changes, pattern):
@@ -91,13 +90,22 @@ def test_bad_columns_name_file_and_column(tmp_path, frame, changes, pattern):
     assert not (tmp_path / "raw.parquet").exists()
 
 
-def test_no_numeric_columns(tmp_path):
+def test_no_usable_columns(tmp_path):
     source = tmp_path / "words.csv"
-    source.write_text("w,v\nx,y\nz,q\n")
+    source.write_text("w,v\nx,y\nz,q\n")  # keys: a different string in every row
     with pytest.raises(
-        AepipeError, match=r"words.csv: no numeric feature columns \(columns: w, v\)"
+        AepipeError, match=r"words.csv: no usable feature columns \(columns: w, v\)"
     ):
         io.ingest(data_config(source), tmp_path / "raw.parquet")
+
+
+def test_nested_column_is_refused_by_name(tmp_path):
+    source = tmp_path / "nested.jsonl"
+    source.write_text('{"a": 1.0, "tags": [1, 2]}\n{"a": 2.0, "tags": [3]}\n')
+    with pytest.raises(AepipeError, match=r"nested.jsonl: feature column 'tags' is list<"):
+        io.ingest(data_config(source, features=("a", "tags")), tmp_path / "raw.parquet")
+    schema = io.read_schema(io.ingest(data_config(source), tmp_path / "raw.parquet"))
+    assert schema["features"] == ["a"]  # by default, unusable columns are left out
 
 
 def test_missing_and_unreadable_files(tmp_path):

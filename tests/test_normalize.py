@@ -70,7 +70,10 @@ def test_normalize_stage_fits_on_train_split_only(frame, tmp_path):
     config = DataConfig("t", str(source), "id", "label", None, None)
     raw = io.ingest(config, tmp_path / "raw.parquet")
     out = normalize(
-        raw, tmp_path / "p.parquet", tmp_path / "n.json", NormalizeConfig("zscore", 0.25, 3)
+        raw,
+        tmp_path / "p.parquet",
+        tmp_path / "n.json",
+        NormalizeConfig("zscore", 0.25, 3, 20, 16, True),
     )
     table = pq.read_table(out).to_pandas()
     is_val = (table["split"] == "val").to_numpy()

@@ -70,6 +70,7 @@ def test_training_rows_score_as_in_the_training_table(trained):
     z = [c for c in table if c.startswith("z")]
     np.testing.assert_allclose(scored[z], table[z], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scored["recon_error"], table["recon_error"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scored["anomaly_score"], table["anomaly_score"], rtol=1e-3)
     assert (scored["is_anomaly"] == table["is_anomaly"]).mean() > 0.999
     file = pq.ParquetFile(layout.partition("again"))
     groups = [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)]

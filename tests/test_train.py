@@ -77,7 +77,13 @@ def test_save_and_load_use_weights_only(tmp_path):
     model = DenseAutoencoder(6, 2, (8,))
     save_model(model, tmp_path / "m.pt")
     saved = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert saved["spec"] == {"kind": "dense", "d": 6, "k": 2, "hidden": [8]}
+    assert saved["spec"] == {
+        "kind": "dense",
+        "d": 6,
+        "k": 2,
+        "hidden": [8],
+        "blocks": [["num", 1]] * 6,
+    }
     with pytest.raises(AepipeError, match="missing.pt: model file not found"):
         load_model(tmp_path / "missing.pt")
 
