@@ -17,6 +17,7 @@ from pathlib import Path
 from aecore import evaluate, io, normalize, train
 from aecore.config import load_params
 from aecore.layout import Layout
+from aecore.models import load_model
 
 TARGET = 0.5
 SEEDS = (0, 1, 2)
@@ -41,7 +42,8 @@ def main() -> int:
             )
             seconds = time.perf_counter() - start
             x, is_val, _ = train.load_features(layout.processed)
-            pca = evaluate.pca_baseline_mse(x[~is_val], x[is_val], params.model.latent_dim)
+            k = load_model(layout.model).k  # params' latent_dim, or sized from the inputs
+            pca = evaluate.pca_baseline_mse(x[~is_val], x[is_val], k)
             rows.append((seed, fit["best_val_loss"], pca, fit["epochs_run"], seconds))
     print(f"{'seed':>4} {'AE MSE':>8} {'PCA MSE':>8} {'ratio':>6} {'epochs':>6} {'train s':>7}")
     for seed, ae, pca, epochs, seconds in rows:

@@ -1,0 +1,217 @@
+"""Anomaly detection against the peers, with the ADBench protocol.
+
+For every ``*.npz`` (arrays ``X``, ``y`` with 1 = anomaly) in the folder given: a 70/30
+stratified split per seed; each detector is fitted on the unlabeled training part (its
+anomalies included) and scores the test part; AUROC on the test part, mean of 3 seeds.
+
+Detectors: aepipe with the defaults of params.yaml, through the real stages (ingest,
+normalize, train, evaluate) and the real scoring path (``score_batch``), scored by the
+latent table's ``anomaly_score``; aepipe's other model kinds; PyOD's AutoEncoder and VAE,
+PCA and IsolationForest, at their defaults. PyOD is a benchmark-only dependency:
+``pip install -e '.[bench]'``.
+
+Fit seconds: aepipe's ingest + normalize + train stages (the evaluate stage, which fits
+the score's column scales and latent moments in a fraction of a second and draws the
+plots, is left out); PyOD's ``fit``. Same process, same machine, one after another.
+
+Targets, against the best peer per dataset (measured here, or published in ADBench's
+Table D4 for PCA and IsolationForest where the file is one of ADBench's):
+- the default's mean AUROC is within 0.01 of the mean of the per-dataset best;
+- no dataset is more than 0.03 below its best peer;
+- the default fits faster than PyOD's AutoEncoder on every dataset.
+Prints a table, writes a CSV, exits 1 when a target is missed.
+
+    .venv/bin/python benchmarks/anomaly.py ../shared/datasets/adbench [--csv out.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+REPO = Path(__file__).resolve().parents[1]
+OURS = "aepipe"
+KINDS = ("denoising", "sparse", "vae")  # besides the default kind
+PEERS = ("pyod_ae", "pyod_vae", "pca", "iforest")
+# ADBench (NeurIPS 2022) Table D4, unsupervised, same protocol: AUROC of PCA and IForest.
+PUBLISHED = {
+    "6_cardio": {"adbench_pca": 0.9555, "adbench_iforest": 0.9319},
+    "38_thyroid": {"adbench_pca": 0.9634, "adbench_iforest": 0.9830},
+    "25_musk": {"adbench_pca": 1.0000, "adbench_iforest": 0.9999},
+    "30_satellite": {"adbench_pca": 0.5962, "adbench_iforest": 0.7043},
+    "23_mammography": {"adbench_pca": 0.8872, "adbench_iforest": 0.8639},
+    "32_shuttle": {"adbench_pca": 0.9862, "adbench_iforest": 0.9956},
+}
+
+
+def fit_aepipe(
+    train: np.ndarray, test: np.ndarray, root: Path, kind: str | None = None
+) -> tuple[np.ndarray, float]:
+    """Fit aepipe on ``train`` as ``aepipe run --source train.parquet`` would; score ``test``."""
+    from aecore.config import resolve_params
+    from aecore.layout import Layout
+    from aecore.models import load_model
+    from aecore.normalize import Normalizer
+    from aecore.pipeline import run_stage
+    from aecore.score import score_batch
+
+    columns = [f"x{i}" for i in range(train.shape[1])]
+    pd.DataFrame(train, columns=columns).to_parquet(root / "train.parquet")
+    pd.DataFrame(test, columns=columns).to_parquet(root / "test.parquet")
+    overrides = {"model.kind": kind} if kind else {}
+    params = resolve_params(REPO / "params.yaml", str(root / "train.parquet"), overrides=overrides)
+    layout = Layout(root, params.data.dataset)
+    start = time.perf_counter()
+    for stage in ("ingest", "normalize", "train"):
+        run_stage(stage, params, layout)
+    seconds = time.perf_counter() - start
+    run_stage("evaluate", params, layout)  # fits the score and threshold; draws the plots
+    reference = pd.read_json(layout.reference, typ="series").to_dict()
+    out = layout.partition("test")
+    score_batch(
+        str(root / "test.parquet"),
+        load_model(layout.model),
+        Normalizer.from_json(layout.normalizer),
+        reference,
+        out,
+        {},
+    )
+    scored = pd.read_parquet(out)
+    return scored.sort_values("row_id")["anomaly_score"].to_numpy(), seconds
+
+
+def pyod_detector(name: str, seed: int) -> object:
+    """A PyOD detector at its defaults (quiet, seeded)."""
+    if name == "pyod_ae":
+        from pyod.models.auto_encoder import AutoEncoder
+
+        return AutoEncoder(verbose=0, random_state=seed)
+    if name == "pyod_vae":
+        from pyod.models.vae import VAE
+
+        return VAE(verbose=0, random_state=seed)
+    if name == "pca":
+        from pyod.models.pca import PCA
+
+        return PCA()
+    from pyod.models.iforest import IForest
+
+    return IForest(random_state=seed)
+
+
+def fit_peer(name: str, seed: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
+    def fit(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, float]:
+        detector = pyod_detector(name, seed)
+        start = time.perf_counter()
+        detector.fit(train)
+        seconds = time.perf_counter() - start
+        return detector.decision_function(test), seconds
+
+    return fit
+
+
+def auroc(y: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC; a non-finite score (PyOD's PCA on near-constant columns) ranks as the top."""
+    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=np.inf)
+    finite = scores[np.isfinite(scores)]
+    top = finite.max() + 1 if len(finite) else 1.0
+    return float(roc_auc_score(y, np.where(np.isfinite(scores), scores, top)))
+
+
+def run(folder: Path, seeds: int, methods: list[str]) -> pd.DataFrame:
+    rows = []
+    for path in sorted(folder.glob("*.npz")):
+        data = np.load(path)
+        x, y = data["X"].astype(np.float64), data["y"].astype(int)
+        for seed in range(seeds):
+            train, test, _, y_test = train_test_split(
+                x, y, test_size=0.3, stratify=y, random_state=seed
+            )
+            for method in methods:
+                with tempfile.TemporaryDirectory() as folder_name:
+                    if method == OURS or method in KINDS:
+                        kind = None if method == OURS else method
+                        scores, seconds = fit_aepipe(train, test, Path(folder_name), kind)
+                    else:
+                        scores, seconds = fit_peer(method, seed)(train, test)
+                rows.append(
+                    {
+                        "dataset": path.stem,
+                        "seed": seed,
+                        "method": method,
+                        "auroc": auroc(y_test, scores),
+                        "fit_s": seconds,
+                        "finite": bool(np.isfinite(scores).all()),
+                    }
+                )
+                print(
+                    f"{path.stem:16} seed {seed} {method:10} AUROC {rows[-1]['auroc']:.4f} "
+                    f"fit {seconds:7.2f} s",
+                    flush=True,
+                )
+    return pd.DataFrame(rows)
+
+
+def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Per-dataset mean AUROC and fit seconds, the best peer, and the targets missed."""
+    table = results.pivot_table(index="dataset", columns="method", values="auroc")
+    seconds = results.pivot_table(index="dataset", columns="method", values="fit_s")
+    published = pd.DataFrame(PUBLISHED).T.reindex(table.index)
+    peers = [c for c in PEERS if c in table] + list(published.columns)
+    table = table.join(published)
+    table["best_peer"] = table[peers].max(axis=1)
+    missed = []
+    mean = table.mean()
+    if mean[OURS] < mean["best_peer"] - 0.01:
+        missed.append(f"mean AUROC {mean[OURS]:.3f} < best {mean['best_peer']:.3f} - 0.01")
+    for dataset, row in table.iterrows():
+        if row[OURS] < row["best_peer"] - 0.03:
+            missed.append(f"{dataset}: {row[OURS]:.3f} < best peer {row['best_peer']:.3f} - 0.03")
+        if "pyod_ae" in seconds and seconds.loc[dataset, OURS] >= seconds.loc[dataset, "pyod_ae"]:
+            missed.append(f"{dataset}: fit {seconds.loc[dataset, OURS]:.1f} s >= PyOD AE's")
+    table.loc["mean"] = mean
+    fit = seconds.add_suffix("_fit_s")
+    fit.loc["mean"] = fit.mean()
+    return table.join(fit), missed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="a folder of *.npz files with X and y")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--csv", type=Path, default=Path("anomaly_benchmark.csv"))
+    parser.add_argument(
+        "--methods",
+        default=",".join([OURS, *KINDS, *PEERS]),
+        help="comma-separated: aepipe, denoising, sparse, vae, pyod_ae, pyod_vae, pca, iforest",
+    )
+    args = parser.parse_args()
+    methods = args.methods.split(",")
+    if OURS not in methods:
+        parser.error("--methods must include aepipe (the default configuration)")
+    warnings.filterwarnings("ignore")
+    results = run(args.folder, args.seeds, methods)
+    table, missed = summarize(results)
+    results.to_csv(args.csv, index=False)
+    table.round(4).to_csv(args.csv.with_suffix(".summary.csv"))
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.round(3).to_string())
+    print(f"\nper-run results: {args.csv}; table: {args.csv.with_suffix('.summary.csv')}")
+    for line in missed:
+        print(f"MISSED: {line}")
+    print("all targets met" if not missed else f"{len(missed)} target(s) missed")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
