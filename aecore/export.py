@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aecore.config import ExportConfig
-from aecore.evaluate import anomaly_scores, encode_and_reconstruct, row_errors
+from aecore.evaluate import anomaly_scores, column_surprise, encode_and_reconstruct, row_errors
 from aecore.io import file_digest, write_parquet
 from aecore.models import load_model
 from aecore.train import load_features
@@ -50,8 +50,8 @@ def latent_columns(
     columns["recon_error"] = pa.array(row_errors(feature_errors))
     columns["anomaly_score"] = pa.array(scores)
     columns["is_anomaly"] = pa.array(scores > float(reference["threshold"]))
-    scaled = feature_errors / np.asarray(reference["column_scale"], dtype=np.float32)
-    columns["top_features"] = top_features(scaled, reference["features"])
+    surprise = column_surprise(feature_errors, reference)
+    columns["top_features"] = top_features(surprise, reference["features"])
     return columns
 
 

@@ -6,7 +6,7 @@ anomalies included) and scores the test part; AUROC on the test part, mean of 3 
 
 Detectors: aepipe with the defaults of params.yaml, through the real stages (ingest,
 normalize, train, evaluate) and the real scoring path (``score_batch``), scored by the
-latent table's ``anomaly_score``; aepipe's other model kinds; PyOD's AutoEncoder and VAE,
+latent table's ``anomaly_score``; aepipe with each other model kind; PyOD's AutoEncoder and VAE,
 PCA and IsolationForest, at their defaults. PyOD is a benchmark-only dependency:
 ``pip install -e '.[bench]'``.
 
@@ -41,7 +41,7 @@ from sklearn.model_selection import train_test_split
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = "aepipe"
-KINDS = ("denoising", "sparse", "vae")  # besides the default kind
+ALL_KINDS = ("dense", "denoising", "sparse", "vae")
 PEERS = ("pyod_ae", "pyod_vae", "pca", "iforest")
 # ADBench (NeurIPS 2022) Table D4, unsupervised, same protocol: AUROC of PCA and IForest.
 PUBLISHED = {
@@ -52,6 +52,14 @@ PUBLISHED = {
     "23_mammography": {"adbench_pca": 0.8872, "adbench_iforest": 0.8639},
     "32_shuttle": {"adbench_pca": 0.9862, "adbench_iforest": 0.9956},
 }
+
+
+def other_kinds() -> list[str]:
+    """The model kinds besides params.yaml's default one (which runs as ``aepipe``)."""
+    from aecore.config import load_params
+
+    default = load_params(REPO / "params.yaml").model.kind
+    return [kind for kind in ALL_KINDS if kind != default]
 
 
 def fit_aepipe(
@@ -129,7 +137,7 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
 
 
 def run(folder: Path, seeds: int, methods: list[str]) -> pd.DataFrame:
-    rows = []
+    rows, kinds = [], other_kinds()
     for path in sorted(folder.glob("*.npz")):
         data = np.load(path)
         x, y = data["X"].astype(np.float64), data["y"].astype(int)
@@ -139,7 +147,7 @@ def run(folder: Path, seeds: int, methods: list[str]) -> pd.DataFrame:
             )
             for method in methods:
                 with tempfile.TemporaryDirectory() as folder_name:
-                    if method == OURS or method in KINDS:
+                    if method == OURS or method in kinds:
                         kind = None if method == OURS else method
                         scores, seconds = fit_aepipe(train, test, Path(folder_name), kind)
                     else:
@@ -192,8 +200,9 @@ def main() -> int:
     parser.add_argument("--csv", type=Path, default=Path("anomaly_benchmark.csv"))
     parser.add_argument(
         "--methods",
-        default=",".join([OURS, *KINDS, *PEERS]),
-        help="comma-separated: aepipe, denoising, sparse, vae, pyod_ae, pyod_vae, pca, iforest",
+        default=",".join([OURS, *other_kinds(), *PEERS]),
+        help="comma-separated: aepipe (the defaults), other kinds of aepipe (dense, "
+        "denoising, sparse, vae), pyod_ae, pyod_vae, pca, iforest",
     )
     args = parser.parse_args()
     methods = args.methods.split(",")
