@@ -5,8 +5,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from aecore.evaluate import (
     anomaly_metrics,
+    anomaly_scores,
     binary_labels,
     encode_and_reconstruct,
+    fit_scorer,
     fit_threshold,
     pca_baseline_mse,
     row_errors,
@@ -69,3 +71,36 @@ def test_planted_outliers_are_found(params):
     assert metrics["auroc"] == pytest.approx(roc_auc_score(labels, errors))
     assert metrics["avg_precision"] == pytest.approx(average_precision_score(labels, errors))
     assert metrics["auroc"] > 0.95
+
+
+def test_anomaly_score_stays_finite_on_constant_and_near_constant_columns():
+    generator = np.random.default_rng(4)
+    errors = np.abs(generator.normal(size=(500, 4))).astype(np.float32)
+    errors[:, 1] = 0.0  # a constant column: reconstructed exactly in training
+    errors[:, 2] = 1e-30  # a near-constant one
+    latents = generator.normal(size=(500, 2)).astype(np.float32)
+    latents[:, 1] = 3.0  # a collapsed latent: singular covariance
+    scorer = fit_scorer(latents, errors, latent_weight=0.4)
+    new = errors[:5].copy()
+    new[:, 1] = [0.0, 1e-6, 1.0, 1e6, 0.0]  # the constant column moves
+    scores = anomaly_scores(latents[:5], new, scorer)
+    assert np.isfinite(scores).all()
+    assert scores[3] > scores[2] > scores[0]  # and it counts, in order
+    typical = anomaly_scores(latents, errors, scorer)
+    assert typical.mean() == pytest.approx(1.0, rel=0.25)  # about 1 on training rows
+
+
+def test_latent_distance_flags_rows_that_reconstruct_well():
+    """Rows reconstructed as well as any, but far from every training latent."""
+    generator = np.random.default_rng(5)
+    latents = generator.normal(size=(1000, 3))
+    errors = np.abs(generator.normal(size=(1000, 6)))
+    scorer = fit_scorer(latents, errors, latent_weight=0.4)
+    far = latents[:10] + np.array([8.0, 0.0, 0.0])
+    assert (
+        anomaly_scores(far, errors[:10], scorer) > anomaly_scores(latents, errors, scorer).max()
+    ).all()
+    blind = fit_scorer(latents, errors, latent_weight=0.0)
+    np.testing.assert_allclose(
+        anomaly_scores(far, errors[:10], blind), anomaly_scores(latents[:10], errors[:10], blind)
+    )

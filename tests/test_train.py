@@ -6,7 +6,7 @@ import torch
 
 from aecore.errors import AepipeError
 from aecore.models import DenseAutoencoder, build_model, default_hidden, load_model, save_model
-from aecore.train import select_device, train
+from aecore.train import select_device, train, trimmed_mean
 
 
 def low_rank(n=400, d=10, seed=0):
@@ -26,6 +26,22 @@ def test_shapes_and_default_widths(params):
     assert model(torch.zeros(5, 64)).shape == (5, 64)
     widths = [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)]
     assert widths == [256, 128, 4]
+
+
+def test_latent_size_follows_the_inputs_unless_set(params):
+    auto = dataclasses.replace(params.model, latent_dim=None, hidden=None)
+    assert [build_model(auto, d).k for d in (6, 21, 64, 166)] == [2, 3, 8, 21]
+    assert build_model(dataclasses.replace(auto, latent_dim=5), 64).k == 5
+
+
+def test_trimmed_loss_leaves_the_worst_rows_out():
+    losses = torch.tensor([1.0, 2.0, 3.0, 100.0], requires_grad=True)
+    value = trimmed_mean(losses, 0.25)
+    assert float(value) == pytest.approx(2.0)
+    value.backward()
+    assert losses.grad.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 0.0])  # no pull
+    assert float(trimmed_mean(losses, 0.0)) == pytest.approx(26.5)
+    assert float(trimmed_mean(losses[:1], 0.5)) == pytest.approx(1.0)  # never empty
 
 
 def test_unknown_kind_is_named(params):
