@@ -25,12 +25,12 @@ def make_layers(widths: list[int]) -> nn.Sequential:
 
 
 def default_hidden(d: int, k: int) -> tuple[int, ...]:
-    """Encoder widths sized from the input count: ``4d`` then ``2d``, the first in [64, 256].
+    """Encoder widths sized from the input count: ``4d`` then ``2d``, the first in [64, 128].
 
-    Measured: 256-128 beats 128-64 on digits (d=64, k=8); wider than 256 costs time on
-    wide inputs without better anomaly scores (benchmarks/anomaly.py, musk: d=166).
+    Measured (benchmarks/anomaly.py): wider layers cost fit time on wide inputs (musk,
+    d=166) without better anomaly scores. Compression wants more (README: 256-128).
     """
-    first = min(max(4 * d, 4 * k, 64), 256)
+    first = min(max(4 * d, 4 * k, 64), 128)
     return (first, max(first // 2, 2 * k))
 
 

@@ -21,11 +21,11 @@ def quick(params, **changes):
 
 def test_shapes_and_default_widths(params):
     model = build_model(dataclasses.replace(params.model, latent_dim=4, hidden=None), 64)
-    assert default_hidden(64, 8) == (256, 128)
+    assert default_hidden(64, 8) == (128, 64)
     assert model.encode(torch.zeros(5, 64)).shape == (5, 4)
     assert model(torch.zeros(5, 64)).shape == (5, 64)
     widths = [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)]
-    assert widths == [256, 128, 4]
+    assert widths == [128, 64, 4]
 
 
 def test_latent_size_follows_the_inputs_unless_set(params):
