@@ -25,12 +25,15 @@ def make_layers(widths: list[int]) -> nn.Sequential:
 
 
 def default_hidden(d: int, k: int) -> tuple[int, ...]:
-    """Encoder widths sized from the input count: ``4d`` then ``2d``, the first in [64, 128].
+    """Encoder widths sized from the input count.
 
-    Measured (benchmarks/anomaly.py): wider layers cost fit time on wide inputs (musk,
-    d=166) without better anomaly scores. Compression wants more (README: 256-128).
+    Up to 64 inputs: ``4d`` then ``2d``, the first in [64, 128]; wider inputs funnel
+    through 64. Measured (benchmarks/anomaly.py): wider layers cost fit time on wide
+    inputs (musk, d=166) without better anomaly scores. Compression wants more width
+    (README: 256-128).
     """
-    first = min(max(4 * d, 4 * k, 64), 128)
+    first = 64 if d > 64 else min(max(4 * d, 64), 128)
+    first = max(first, 2 * k)
     return (first, max(first // 2, 2 * k))
 
 
