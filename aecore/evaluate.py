@@ -97,7 +97,11 @@ def column_surprise(feature_errors: np.ndarray, scorer: Mapping[str, Any]) -> np
     levels = np.linspace(0, 1, QUANTILE_LEVELS)
     tail = np.empty(feature_errors.shape, dtype=np.float64)
     for j, quantiles in enumerate(scorer["column_quantiles"]):
-        below = np.interp(feature_errors[:, j], quantiles, levels)
+        error, points = feature_errors[:, j], np.asarray(quantiles, dtype=np.float64)
+        # ties (a column reconstructed exactly) take the middle of their quantile run
+        right = np.interp(error, points, levels)
+        left = np.interp(-error, -points[::-1], levels[::-1])
+        below = (left + right) / 2
         tail[:, j] = -np.log((1 - below) * rows / (rows + 1) + 1 / (rows + 1))
     return 0.5 * ratio + 0.5 * tail
 

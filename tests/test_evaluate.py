@@ -86,8 +86,7 @@ def test_anomaly_score_stays_finite_on_constant_and_near_constant_columns():
     scores = anomaly_scores(latents[:5], new, scorer)
     assert np.isfinite(scores).all()
     assert scores[3] > scores[2] > scores[0]  # and it counts, in order
-    typical = anomaly_scores(latents, errors, scorer)
-    assert typical.mean() == pytest.approx(1.0, rel=0.25)  # about 1 on training rows
+    assert np.isfinite(anomaly_scores(latents, errors, scorer)).all()
 
 
 def test_latent_distance_flags_rows_that_reconstruct_well():
@@ -96,6 +95,8 @@ def test_latent_distance_flags_rows_that_reconstruct_well():
     latents = generator.normal(size=(1000, 3))
     errors = np.abs(generator.normal(size=(1000, 6)))
     scorer = fit_scorer(latents, errors, latent_weight=0.4)
+    typical = anomaly_scores(latents, errors, scorer)
+    assert typical.mean() == pytest.approx(1.0, abs=0.1)  # each term about 1 on training rows
     far = latents[:10] + np.array([8.0, 0.0, 0.0])
     assert (
         anomaly_scores(far, errors[:10], scorer) > anomaly_scores(latents, errors, scorer).max()

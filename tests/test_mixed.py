@@ -140,15 +140,15 @@ def test_mixed_csv_through_the_flows_and_the_registered_model(project):
     assert reference["kinds"]["signup"] == "datetime"
 
     day = orders(200, seed=5)
-    day.loc[:9, "segment"] = "wholesale"  # consumer rows marked wholesale: wrong segment
-    day.loc[:9, "qty"] = day.loc[:9, "qty"].clip(upper=4)
+    day = day[day["segment"].isin(["retail", "wholesale"])].reset_index(drop=True)
+    day.loc[:9, "member"] = True  # only online orders are members
     day.loc[10:14, "country"] = "new country"  # unseen values are not errors
     day.to_csv(project / "day1.csv", index=False)
     [result] = score_batches(source=str(project / "day1.csv"), dataset="orders", root=str(project))
     scored = read_latents(project / "data/latents/orders", ["day1"])
-    assert result["metrics"]["rows"] == 200 and len(scored) == 200
+    assert result["metrics"]["rows"] == len(day) == len(scored)
     flagged = scored["top_features"].head(10).map(lambda names: names[0])
-    assert (flagged == "segment").mean() >= 0.8
+    assert (flagged == "member").mean() >= 0.8
     assert scored["anomaly_score"].head(10).min() > scored["anomaly_score"].iloc[10:].median()
 
     model = mlflow.pyfunc.load_model(summary["model_uri"])  # raw rows, as a consumer has them
@@ -156,7 +156,7 @@ def test_mixed_csv_through_the_flows_and_the_registered_model(project):
     np.testing.assert_allclose(
         predicted["anomaly_score"], scored["anomaly_score"].head(20), rtol=1e-4
     )
-    with pytest.raises(Exception, match="column 'qty'"):
+    with pytest.raises(Exception, match="column '?qty"):  # MLflow's schema check names it
         model.predict(day.head(5).assign(qty="many"))
 
 
