@@ -9,6 +9,14 @@ from aecore.config import check_name
 from aecore.errors import AepipeError
 
 
+def trained_last(root: Path) -> str | None:
+    """The dataset whose model was trained last under ``root/data``, or ``None``."""
+    models = [
+        p for p in (root / "data" / "models").glob("*/model.pt") if not check_name(p.parent.name)
+    ]
+    return max(models, key=lambda p: p.stat().st_mtime).parent.name if models else None
+
+
 @dataclass(frozen=True)
 class Layout:
     """The files of one dataset under ``<root>/data``; dvc.yaml names the same paths."""

@@ -188,10 +188,18 @@ def score(
     batch_id: Annotated[
         str | None, typer.Option(help="Partition name; default: the file's.")
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset; default params.yaml's.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset; default: the one trained last here, else params.yaml's."),
+    ] = None,
     params: Params = Path("params.yaml"),
 ) -> None:
-    """Run the score-batch flow: encode and score new rows with the registered model."""
+    """Run the score-batch flow: encode and score new rows with the registered model.
+
+    Without ``--dataset`` or ``--model``, the model is that of the dataset trained last in
+    this project, so ``aepipe run --source a.csv`` then ``aepipe score --source b.csv``
+    scores b with a's model. (The served deployment keeps params.yaml's dataset.)
+    """
     from flows import server
 
     temporary = server.start_if_needed()
@@ -203,6 +211,12 @@ def score(
         from flows.score import score_batches
 
         hide_tracebacks_of_user_errors()
+        if dataset is None and model is None:
+            from aecore.layout import trained_last
+
+            dataset = trained_last(Path.cwd())
+            if dataset:
+                print(f"dataset: {dataset} (trained last here; --dataset to choose)")
         if temporary:
             temporary.wait_ready()
         results = score_batches(

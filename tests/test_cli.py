@@ -82,3 +82,17 @@ def test_bad_parameters_fail_before_any_work(project, args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert not (project / "data").exists() and not (project / "mlflow").exists()
+
+
+def test_score_defaults_to_the_dataset_trained_last(tmp_path):
+    import os
+
+    from aecore.layout import trained_last
+
+    assert trained_last(tmp_path) is None
+    for age, name in ((100, "older"), (0, "newer")):
+        weights = tmp_path / "data" / "models" / name / "model.pt"
+        weights.parent.mkdir(parents=True)
+        weights.write_bytes(b"w")
+        os.utime(weights, (weights.stat().st_mtime - age,) * 2)
+    assert trained_last(tmp_path) == "newer"
