@@ -49,34 +49,25 @@ def row_errors(feature_errors: np.ndarray) -> np.ndarray:
     return feature_errors.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
-QUANTILE_LEVELS = 1001  # resolution of each column's training error distribution
-
-
 def fit_scorer(
     train_latents: np.ndarray, train_errors: np.ndarray, latent_weight: float
 ) -> dict[str, Any]:
-    """Fit the anomaly score on the training rows: column error distributions, latent density.
+    """Fit the anomaly score on the training rows: column error scales, latent density.
 
     Returns:
         ``column_scale`` (each column's mean training error, floored so that a constant
-        column cannot blow up), ``column_quantiles`` (``QUANTILE_LEVELS`` quantiles of
-        each column's training errors) and ``column_rows``; ``latent_mean``,
-        ``latent_std``, ``latent_precision`` (pseudo-inverse of the latent covariance);
-        ``latent_weight``.
+        column cannot blow up); ``latent_mean``, ``latent_std``, ``latent_precision``
+        (pseudo-inverse of the latent covariance); ``latent_weight``.
     """
     errors = train_errors.astype(np.float64)
     scale = errors.mean(axis=0)
     scale = np.maximum(scale, 1e-3 * scale.mean() + 1e-12)
-    levels = np.linspace(0, 1, QUANTILE_LEVELS)
-    quantiles = np.quantile(errors, levels, axis=0) if len(errors) else np.zeros((1, 0))
     z = train_latents.astype(np.float64)
     covariance = np.atleast_2d(np.cov(z, rowvar=False, ddof=0)) if len(z) > 1 else None
     k = z.shape[1]
     precision = np.eye(k) if covariance is None else np.linalg.pinv(covariance, hermitian=True)
     return {
         "column_scale": scale.tolist(),
-        "column_quantiles": quantiles.astype(np.float32).T.tolist(),
-        "column_rows": len(errors),
         "latent_mean": z.mean(axis=0).tolist(),
         "latent_std": z.std(axis=0).tolist(),
         "latent_precision": precision.tolist(),
@@ -84,42 +75,41 @@ def fit_scorer(
     }
 
 
-def column_surprise(feature_errors: np.ndarray, scorer: Mapping[str, Any]) -> np.ndarray:
-    """How unusual each column's error is, against the training rows: ``(n, columns)``.
+def scaled_errors(feature_errors: np.ndarray, scorer: Mapping[str, Any]) -> np.ndarray:
+    """How unusual each column's error is: the error over its mean training error.
 
-    The mean of two views, each about 1 on a typical training row: the error over the
-    column's mean training error, and its tail surprise ``-log P(training error >= e)``
-    (from the training quantiles; at most ``log(rows + 1)``). The first keeps growing
-    with the error; the second does not let one heavy-tailed column dominate.
+    ``(n, columns)``, about 1 on a typical training row, so that every column counts on
+    the same footing and no noisy column drowns the rest.
     """
-    ratio = feature_errors / np.asarray(scorer["column_scale"])
-    rows = float(scorer["column_rows"])
-    levels = np.linspace(0, 1, QUANTILE_LEVELS)
-    tail = np.empty(feature_errors.shape, dtype=np.float64)
-    for j, quantiles in enumerate(scorer["column_quantiles"]):
-        error, points = feature_errors[:, j], np.asarray(quantiles, dtype=np.float64)
-        # ties (a column reconstructed exactly) take the middle of their quantile run
-        right = np.interp(error, points, levels)
-        left = np.interp(-error, -points[::-1], levels[::-1])
-        below = (left + right) / 2
-        tail[:, j] = -np.log((1 - below) * rows / (rows + 1) + 1 / (rows + 1))
-    return 0.5 * ratio + 0.5 * tail
+    return feature_errors / np.asarray(scorer["column_scale"], dtype=np.float32)
+
+
+def scorer_arrays(scorer: Mapping[str, Any]) -> dict[str, Any]:
+    """The scorer (or scoring reference) with its lists as arrays, converted once."""
+    arrays = ("column_scale", "latent_mean", "latent_precision")
+    return {**scorer, **{key: np.asarray(scorer[key], dtype=np.float64) for key in arrays}}
 
 
 def anomaly_scores(
-    latents: np.ndarray, feature_errors: np.ndarray, scorer: Mapping[str, Any]
+    latents: np.ndarray,
+    feature_errors: np.ndarray,
+    scorer: Mapping[str, Any],
+    scaled: np.ndarray | None = None,
 ) -> np.ndarray:
     """The anomaly score of each row ``(n,)``: how unlike the training rows it is.
 
-    ``(1 - w) * mean_j surprise_j + w * Mahalanobis² of z / k``: the first term is the
-    reconstruction error with every column on the same footing (``column_surprise``),
-    the second the density of the latent code; each is about 1 on a typical training row.
+    ``(1 - w) * mean_j scaled_j + w * Mahalanobis² of z / k``: the first term is the
+    reconstruction error with every column on the same footing (``scaled_errors``,
+    computed here unless given), the second the density of the latent code; each is
+    about 1 on a typical training row.
     """
-    surprise = column_surprise(feature_errors, scorer).mean(axis=1)
+    if scaled is None:
+        scaled = scaled_errors(feature_errors, scorer)
+    scaled = scaled.mean(axis=1, dtype=np.float64)
     offset = latents - np.asarray(scorer["latent_mean"])
     distance = ((offset @ np.asarray(scorer["latent_precision"])) * offset).sum(axis=1)
     weight = float(scorer["latent_weight"])
-    score = (1 - weight) * surprise + weight * distance / max(latents.shape[1], 1)
+    score = (1 - weight) * scaled + weight * distance / max(latents.shape[1], 1)
     return score.astype(np.float32)
 
 

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aecore.config import ExportConfig
-from aecore.evaluate import anomaly_scores, column_surprise, encode_and_reconstruct, row_errors
+from aecore.evaluate import anomaly_scores, encode_and_reconstruct, row_errors, scaled_errors
 from aecore.io import file_digest, write_parquet
 from aecore.models import load_model
 from aecore.train import load_features
@@ -44,14 +44,14 @@ def latent_columns(
             anomaly score's parameters and its threshold.
         quantize: latents as float16.
     """
-    scores = anomaly_scores(latents, feature_errors, reference)
+    scaled = scaled_errors(feature_errors, reference)
+    scores = anomaly_scores(latents, feature_errors, reference, scaled)
     z_type = np.float16 if quantize else np.float32
     columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}
     columns["recon_error"] = pa.array(row_errors(feature_errors))
     columns["anomaly_score"] = pa.array(scores)
     columns["is_anomaly"] = pa.array(scores > float(reference["threshold"]))
-    surprise = column_surprise(feature_errors, reference)
-    columns["top_features"] = top_features(surprise, reference["features"])
+    columns["top_features"] = top_features(scaled, reference["features"])
     return columns
 
 

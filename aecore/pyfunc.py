@@ -14,7 +14,7 @@ import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
-from aecore.evaluate import encode_and_reconstruct
+from aecore.evaluate import encode_and_reconstruct, scorer_arrays
 from aecore.export import latent_columns
 from aecore.models import load_model
 from aecore.normalize import Normalizer
@@ -29,7 +29,7 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         """Load the weights, the normalizer and the threshold from the model's artifacts."""
         self.model = load_model(Path(context.artifacts["model"]))
         self.normalizer = Normalizer.from_json(Path(context.artifacts["normalizer"]))
-        self.reference = json.loads(Path(context.artifacts["scoring"]).read_text())
+        self.reference = scorer_arrays(json.loads(Path(context.artifacts["scoring"]).read_text()))
 
     def predict(
         self,

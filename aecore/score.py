@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from torch import nn
 
 from aecore.errors import AepipeError
-from aecore.evaluate import encode_and_reconstruct
+from aecore.evaluate import encode_and_reconstruct, scorer_arrays
 from aecore.export import latent_columns, stamp
 from aecore.io import (
     ROW_ID,
@@ -187,6 +187,7 @@ def score_batch(
         The batch's summary (metrics via ``summary.metrics(reference)``).
     """
     dataset, shown = open_batch(source)
+    reference = scorer_arrays(reference)
     summary = ScoreSummary(warnings=check_schema(dataset.schema, reference, shown))
     features, id_col, label_col = reference["features"], reference["id_col"], reference["label_col"]
     passthrough = [c for c in (id_col, label_col) if c and c in dataset.schema.names]
