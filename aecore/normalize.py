@@ -153,17 +153,20 @@ class Normalizer:
 
     def _raw(self, data: pa.Table | pa.RecordBatch, source: str) -> np.ndarray:
         """Encode every column, before imputation and scaling: float64 ``(n, width)``."""
-        blocks = []
-        for name, code in zip(self.columns, self.codes, strict=True):
+        widths = [self._block_width(code) for code in self.codes]
+        out = np.empty((data.num_rows, sum(widths)))
+        start = 0
+        for name, code, width in zip(self.columns, self.codes, widths, strict=True):
             values = self._values(self._column(data, name, source), name, source)
             if code["kind"] in ("numeric", "datetime"):
                 values = values.reshape(len(values), -1)
-                blocks.append(values)
+                out[:, start : start + values.shape[1]] = values
                 if code["indicator"]:
-                    blocks.append(np.isnan(values).any(axis=1, keepdims=True).astype(np.float64))
+                    out[:, start + values.shape[1]] = np.isnan(values).any(axis=1)
             else:
-                blocks.append(one_hot(values, code))
-        return np.hstack(blocks) if blocks else np.zeros((data.num_rows, 0))
+                out[:, start : start + width] = one_hot(values, code)
+            start += width
+        return out
 
     def transform(self, data: Frame, source: str = "input") -> np.ndarray:
         """Return the model inputs of ``data`` as a float32 array ``(n, width)``.
@@ -175,7 +178,11 @@ class Normalizer:
         if not self.codes:
             message = "Normalizer is not fitted: call fit() or from_json() first"
             raise AepipeError(message)
-        return self.scale(self._raw(as_arrow(data), source))
+        x = self._raw(as_arrow(data), source)
+        np.copyto(x, self.median_, where=np.isnan(x))  # in place: x is ours
+        x -= self.center_
+        x /= self.scale_
+        return x.astype(np.float32)
 
     def scale(self, x: np.ndarray) -> np.ndarray:
         """Impute and scale encoded rows ``(n, width)``."""
