@@ -260,7 +260,7 @@ def scoring_reference(
         "threshold": threshold,
         "features": schema["features"],
         "types": schema["types"],
-        "kinds": schema.get("kinds") or dict.fromkeys(schema["features"], "numeric"),
+        "kinds": schema["kinds"],
         "id_col": schema["id_col"],
         "label_col": schema["label_col"],
         "error_quantiles": np.quantile(val_errors, np.linspace(0, 1, 201)).tolist(),

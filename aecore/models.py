@@ -115,6 +115,12 @@ class DenseAutoencoder(nn.Module):
         self.column_errors = ColumnErrors(blocks)
         self.epoch = 0
 
+    def keep_options(self, **options: float) -> None:
+        """Hold a kind's options as attributes and in the spec that rebuilds the model."""
+        self.spec |= options
+        for name, value in options.items():
+            setattr(self, name, value)
+
     def encode(self, x: Tensor) -> Tensor:  # (n, d) -> (n, k)
         return self.encoder(x)
 
@@ -145,8 +151,7 @@ class DenoisingAutoencoder(DenseAutoencoder):
         mask_rate: float = 0.1,
     ) -> None:
         super().__init__(d, k, hidden, blocks)
-        self.spec |= {"noise_std": noise_std, "mask_rate": mask_rate}
-        self.noise_std, self.mask_rate = noise_std, mask_rate
+        self.keep_options(noise_std=noise_std, mask_rate=mask_rate)
 
     def corrupt(self, x: Tensor) -> Tensor:
         """Add noise and zero a random share of entries; the identity in eval mode."""
@@ -174,8 +179,7 @@ class SparseAutoencoder(DenseAutoencoder):
         sparsity_weight: float = 1e-3,
     ) -> None:
         super().__init__(d, k, hidden, blocks)
-        self.spec |= {"sparsity_weight": sparsity_weight}
-        self.sparsity_weight = sparsity_weight
+        self.keep_options(sparsity_weight=sparsity_weight)
 
     def row_loss(self, x: Tensor) -> Tensor:
         z = self.encode(x)
@@ -207,8 +211,7 @@ class VariationalAutoencoder(DenseAutoencoder):
         kl_warmup_epochs: int = 10,
     ) -> None:
         super().__init__(d, k, hidden, blocks, encoder_out=2 * k)
-        self.spec |= {"beta": beta, "kl_warmup_epochs": kl_warmup_epochs}
-        self.beta, self.kl_warmup_epochs = beta, kl_warmup_epochs
+        self.keep_options(beta=beta, kl_warmup_epochs=kl_warmup_epochs)
 
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (n, d) -> (n, k), (n, k)
         mu, log_var = self.encoder(x).chunk(2, dim=1)

@@ -26,6 +26,7 @@ SPLIT = "split"
 OTHER = "__other__"  # the one-hot slot of missing values and categories unseen in training
 DATETIME_PARTS = ("t", "dow_sin", "dow_cos", "hour_sin", "hour_cos")
 MISSING = "__missing"
+NUMBERS = {"numeric": 1, "datetime": len(DATETIME_PARTS)}  # scaled inputs per column kind
 Frame = pd.DataFrame | pa.Table | pa.RecordBatch
 
 
@@ -103,7 +104,7 @@ class Normalizer:
         for name in self.columns:
             values = self._values(self._column(data, name, source), name, source)
             code: dict[str, Any] = {"kind": self.kinds[name]}
-            if code["kind"] in ("numeric", "datetime"):
+            if code["kind"] in NUMBERS:
                 missing = np.isnan(values).any() if len(values) else False
                 code["indicator"] = bool(self.missing_indicator and missing)
             else:
@@ -115,7 +116,7 @@ class Normalizer:
                     code["buckets"] = self.hash_buckets
             self.codes.append(code)
         raw = self._raw(data, source)
-        scaled = np.array([name == "num" for name, _ in self._input_kinds()])
+        scaled = self._scaled()
         with np.errstate(all="ignore"):
             median = np.nanmedian(raw, axis=0) if len(raw) else np.zeros(raw.shape[1])
         median = np.where(np.isnan(median), 0.0, median)  # all-missing column: 0
@@ -133,32 +134,22 @@ class Normalizer:
         self.scale_ = np.where(scaled, scale, 1.0)
         return self
 
-    def _input_kinds(self) -> list[tuple[str, int]]:
-        """Per model input: ``("num", i)`` for a scaled number, ``("bit", i)`` for a 0/1."""
-        out = []
-        for i, code in enumerate(self.codes):
-            if code["kind"] == "numeric":
-                out.append(("num", i))
-            elif code["kind"] == "datetime":
-                out += [("num", i)] * len(DATETIME_PARTS)
-            out += [("bit", i)] * self._block_width(code, numbers=False)
-        return out
-
-    @staticmethod
-    def _block_width(code: dict[str, Any], numbers: bool = True) -> int:
-        if code["kind"] in ("numeric", "datetime"):
-            width = {"numeric": 1, "datetime": len(DATETIME_PARTS)}[code["kind"]]
-            return (width if numbers else 0) + int(code["indicator"])
-        return len(code["categories"]) + 1 if "categories" in code else code["buckets"]
+    def _scaled(self) -> np.ndarray:
+        """Per model input: a number to scale, or a 0/1 (one-hot or missing indicator)."""
+        mask: list[bool] = []
+        for code in self.codes:
+            numbers = NUMBERS.get(code["kind"], 0)
+            mask += [True] * numbers + [False] * (block_width(code) - numbers)
+        return np.array(mask, dtype=bool)
 
     def _raw(self, data: pa.Table | pa.RecordBatch, source: str) -> np.ndarray:
         """Encode every column, before imputation and scaling: float64 ``(n, width)``."""
-        widths = [self._block_width(code) for code in self.codes]
+        widths = [block_width(code) for code in self.codes]
         out = np.empty((data.num_rows, sum(widths)))
         start = 0
         for name, code, width in zip(self.columns, self.codes, widths, strict=True):
             values = self._values(self._column(data, name, source), name, source)
-            if code["kind"] in ("numeric", "datetime"):
+            if code["kind"] in NUMBERS:
                 values = values.reshape(len(values), -1)
                 out[:, start : start + values.shape[1]] = values
                 if code["indicator"]:
@@ -179,15 +170,10 @@ class Normalizer:
             message = "Normalizer is not fitted: call fit() or from_json() first"
             raise AepipeError(message)
         x = self._raw(as_arrow(data), source)
-        np.copyto(x, self.median_, where=np.isnan(x))  # in place: x is ours
+        np.copyto(x, self.median_, where=np.isnan(x))  # impute and scale in place: x is ours
         x -= self.center_
         x /= self.scale_
         return x.astype(np.float32)
-
-    def scale(self, x: np.ndarray) -> np.ndarray:
-        """Impute and scale encoded rows ``(n, width)``."""
-        x = np.where(np.isnan(x), self.median_, x)
-        return ((x - self.center_) / self.scale_).astype(np.float32)
 
     def inverse_transform(self, x: np.ndarray) -> np.ndarray:
         """Map scaled model inputs ``(n, width)`` back to the source's units."""
@@ -214,8 +200,7 @@ class Normalizer:
     def blocks(self) -> list[tuple[str, int]]:
         """Per source column: ``("num", width)`` or ``("cat", width)`` for a one-hot block."""
         return [
-            ("num" if code["kind"] in ("numeric", "datetime") else "cat", self._block_width(code))
-            for code in self.codes
+            ("num" if code["kind"] in NUMBERS else "cat", block_width(code)) for code in self.codes
         ]
 
     def to_dict(self) -> dict:
@@ -247,6 +232,13 @@ class Normalizer:
         for key in ("median_", "center_", "scale_"):
             setattr(normalizer, key, np.asarray(state[key], dtype=np.float64))
         return normalizer
+
+
+def block_width(code: dict[str, Any]) -> int:
+    """The number of model inputs of one fitted column."""
+    if code["kind"] in NUMBERS:
+        return NUMBERS[code["kind"]] + int(code["indicator"])
+    return len(code["categories"]) + 1 if "categories" in code else code["buckets"]
 
 
 def datetime_parts(column: pa.Array) -> np.ndarray:

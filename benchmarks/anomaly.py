@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -125,15 +124,13 @@ def pyod_detector(name: str, seed: int) -> object:
     return IForest(random_state=seed)
 
 
-def fit_peer(name: str, seed: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
-    def fit(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, float]:
-        detector = pyod_detector(name, seed)
-        start = time.perf_counter()
-        detector.fit(train)
-        seconds = time.perf_counter() - start
-        return detector.decision_function(test), seconds
-
-    return fit
+def fit_peer(name: str, seed: int, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, float]:
+    """Fit a peer on ``train``; return its scores of ``test`` and the fit seconds."""
+    detector = pyod_detector(name, seed)
+    start = time.perf_counter()
+    detector.fit(train)
+    seconds = time.perf_counter() - start
+    return detector.decision_function(test), seconds
 
 
 def auroc(y: np.ndarray, scores: np.ndarray) -> float:
@@ -159,7 +156,7 @@ def run(folder: Path, seeds: int, methods: list[str]) -> pd.DataFrame:
                         kind = None if method == OURS else method
                         scores, seconds = fit_aepipe(train, test, Path(folder_name), kind)
                     else:
-                        scores, seconds = fit_peer(method, seed)(train, test)
+                        scores, seconds = fit_peer(method, seed, train, test)
                 rows.append(
                     {
                         "dataset": path.stem,
