@@ -76,10 +76,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """How the anomaly threshold is fitted."""
+    """How the anomaly score and its threshold are fitted."""
 
     threshold_quantile: float
     latent_weight: float
+    kl_weight: float
+    score_trim: float
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,8 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("model.latent_dim", (params.model.latent_dim or 1) >= 1, "null (auto) or at least 1"),
         ("train.trim_fraction", 0 <= params.train.trim_fraction < 1, "in [0, 1)"),
         ("evaluate.latent_weight", 0 <= params.evaluate.latent_weight <= 1, "in [0, 1]"),
+        ("evaluate.kl_weight", params.evaluate.kl_weight >= 0, "0 or more"),
+        ("evaluate.score_trim", 0 <= params.evaluate.score_trim < 1, "in [0, 1)"),
         ("train.epochs", params.train.epochs >= 1, "at least 1"),
         ("train.batch_size", params.train.batch_size >= 1, "at least 1"),
         ("train.learning_rate", params.train.learning_rate > 0, "positive"),

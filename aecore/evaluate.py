@@ -22,26 +22,31 @@ QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
 
 @torch.no_grad()
-def encode_and_reconstruct(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the latents ``(n, k)`` and errors per source column ``(n, columns)`` of ``x``.
+def encode_and_reconstruct(
+    model: nn.Module, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the latents ``(n, k)``, errors per source column ``(n, columns)`` and KL ``(n,)``.
 
     A numeric column's error is its squared error, a one-hot column's its cross-entropy.
+    The KL divergence of each row's posterior from the prior is zero but for a VAE.
 
     Runs in float32 on the model's device, in large slices, so every caller (the
     export, the evaluation and the registered model) gets the same numbers.
     """
     model.eval()
     device = next(model.parameters()).device
-    latents, errors = [], []
+    latents, errors, kls = [], [], []
     for rows in torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(EVAL_BATCH):
         rows = rows.to(device)
-        z = model.encode(rows)
+        z, kl = model.encode_with_kl(rows)
         latents.append(z.float().cpu().numpy())
         errors.append(model.column_errors(model.decoder(z), rows).float().cpu().numpy())
+        kls.append(kl.float().cpu().numpy())
     if not latents:
         columns = model.column_errors.columns
-        return np.zeros((0, model.k), np.float32), np.zeros((0, columns), np.float32)
-    return np.concatenate(latents), np.concatenate(errors)
+        empty = np.zeros((0, model.k), np.float32), np.zeros((0, columns), np.float32)
+        return *empty, np.zeros(0, np.float32)
+    return np.concatenate(latents), np.concatenate(errors), np.concatenate(kls)
 
 
 def row_errors(feature_errors: np.ndarray) -> np.ndarray:
@@ -50,19 +55,55 @@ def row_errors(feature_errors: np.ndarray) -> np.ndarray:
 
 
 def fit_scorer(
-    train_latents: np.ndarray, train_errors: np.ndarray, latent_weight: float
+    latents: np.ndarray,
+    errors: np.ndarray,
+    latent_weight: float,
+    trim: float = 0.0,
+    kl: np.ndarray | None = None,
+    kl_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Fit the anomaly score on the training rows: column error scales, latent density.
+
+    The training rows hold the anomalies too. The score is fitted on all of them, then
+    fitted again without the ``trim`` share that it ranks most anomalous, so that the
+    anomalies neither inflate the column scales nor widen the latent covariance.
+
+    Args:
+        latents: the training rows' latents ``(n, k)`` (``encode_and_reconstruct``).
+        errors: their errors per source column ``(n, columns)``.
+        latent_weight: ``w``, the weight of the latent distance.
+        trim: the share of training rows left out of the second fit.
+        kl: the training rows' KL divergence, needed when ``kl_weight`` is not zero.
+        kl_weight: ``v``, the weight of the KL divergence (a VAE's; zero for other kinds).
 
     Returns:
         ``column_scale`` (each column's mean training error, floored so that a constant
         column cannot blow up); ``latent_mean``, ``latent_std``, ``latent_precision``
-        (pseudo-inverse of the latent covariance); ``latent_weight``.
+        (pseudo-inverse of the latent covariance); ``kl_scale`` (the mean KL); the weights.
     """
-    errors = train_errors.astype(np.float64)
-    scale = errors.mean(axis=0)
+    kl = np.zeros(len(latents)) if kl is None else kl
+    scorer = score_moments(latents, errors, kl, latent_weight, kl_weight)
+    if trim > 0 and len(latents) > 1:
+        scores = anomaly_scores(latents, errors, scorer_arrays(scorer), kl=kl)
+        typical = scores <= np.quantile(scores, 1 - trim)
+        scorer = score_moments(
+            latents[typical], errors[typical], kl[typical], latent_weight, kl_weight
+        )
+    return scorer
+
+
+def score_moments(
+    latents: np.ndarray,
+    errors: np.ndarray,
+    kl: np.ndarray,
+    latent_weight: float,
+    kl_weight: float,
+) -> dict[str, Any]:
+    """The column error scales and latent moments of ``fit_scorer``, over every row given."""
+    scale = errors.astype(np.float64).mean(axis=0)
     scale = np.maximum(scale, 1e-3 * scale.mean() + 1e-12)
-    z = train_latents.astype(np.float64)
+    kl_scale = float(kl.astype(np.float64).mean()) if len(kl) else 0.0
+    z = latents.astype(np.float64)
     covariance = np.atleast_2d(np.cov(z, rowvar=False, ddof=0)) if len(z) > 1 else None
     k = z.shape[1]
     precision = np.eye(k) if covariance is None else np.linalg.pinv(covariance, hermitian=True)
@@ -72,6 +113,8 @@ def fit_scorer(
         "latent_std": z.std(axis=0).tolist(),
         "latent_precision": precision.tolist(),
         "latent_weight": latent_weight,
+        "kl_scale": max(kl_scale, 1e-12),
+        "kl_weight": kl_weight,
     }
 
 
@@ -95,13 +138,15 @@ def anomaly_scores(
     feature_errors: np.ndarray,
     scorer: Mapping[str, Any],
     scaled: np.ndarray | None = None,
+    kl: np.ndarray | None = None,
 ) -> np.ndarray:
     """The anomaly score of each row ``(n,)``: how unlike the training rows it is.
 
-    ``(1 - w) * mean_j scaled_j + w * Mahalanobis² of z / k``: the first term is the
+    ``(1 - w) * mean_j scaled_j + w * Mahalanobis² of z / k + v * KL / mean KL``: the
     reconstruction error with every column on the same footing (``scaled_errors``,
-    computed here unless given), the second the density of the latent code; each is
-    about 1 on a typical training row.
+    computed here unless given), the density of the latent code and, for a VAE with
+    ``v > 0``, the KL divergence of the row's posterior; each term is about 1 on a
+    typical training row.
     """
     if scaled is None:
         scaled = scaled_errors(feature_errors, scorer)
@@ -110,6 +155,11 @@ def anomaly_scores(
     distance = ((offset @ np.asarray(scorer["latent_precision"])) * offset).sum(axis=1)
     weight = float(scorer["latent_weight"])
     score = (1 - weight) * scaled + weight * distance / max(latents.shape[1], 1)
+    if scorer["kl_weight"]:
+        if kl is None:
+            message = "anomaly_scores: the scorer weighs the KL divergence; pass kl"
+            raise ValueError(message)
+        score += float(scorer["kl_weight"]) * kl / float(scorer["kl_scale"])
     return score.astype(np.float32)
 
 
@@ -196,11 +246,19 @@ def evaluate(
     labels = read_labels(processed, label_col)
     model = load_model(model_path)
     k = model.k
-    latents, feature_errors = encode_and_reconstruct(model, x)
+    latents, feature_errors, kl = encode_and_reconstruct(model, x)
     errors = row_errors(feature_errors)
     val_errors = errors[is_val]
-    scorer = fit_scorer(latents[~is_val], feature_errors[~is_val], config.latent_weight)
-    scores = anomaly_scores(latents, feature_errors, scorer)
+    train = ~is_val
+    scorer = fit_scorer(
+        latents[train],
+        feature_errors[train],
+        config.latent_weight,
+        config.score_trim,
+        kl[train],
+        config.kl_weight,
+    )
+    scores = anomaly_scores(latents, feature_errors, scorer, kl=kl)
     threshold = fit_threshold(scores[is_val], config.threshold_quantile)
     recon_mse = float(feature_errors[is_val].mean(dtype=np.float64))
     pca_mse = pca_baseline_mse(x[~is_val], x[is_val], k)

@@ -32,6 +32,7 @@ def latent_columns(
     feature_errors: np.ndarray,
     reference: Mapping[str, Any],
     quantize: bool = False,
+    kl: np.ndarray | None = None,
 ) -> dict[str, pa.Array]:
     """The scored columns: latents, ``recon_error``, ``anomaly_score``, flag, top features.
 
@@ -43,9 +44,10 @@ def latent_columns(
         reference: the scoring reference of the evaluate stage: feature names, the
             anomaly score's parameters and its threshold.
         quantize: latents as float16.
+        kl: each row's KL divergence ``(n,)`` (zero but for a VAE).
     """
     scaled = scaled_errors(feature_errors, reference)
-    scores = anomaly_scores(latents, feature_errors, reference, scaled)
+    scores = anomaly_scores(latents, feature_errors, reference, scaled, kl)
     z_type = np.float16 if quantize else np.float32
     columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}
     columns["recon_error"] = pa.array(row_errors(feature_errors))
@@ -119,10 +121,10 @@ def export(
     model = load_model(model_path)
     reference = json.loads(Path(reference_path).read_text())
     threshold = float(reference["threshold"])
-    latents, feature_errors = encode_and_reconstruct(model, x)
+    latents, feature_errors, kl = encode_and_reconstruct(model, x)
     passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
     table = pq.read_table(processed, columns=passthrough)
-    scored = latent_columns(latents, feature_errors, reference, config.quantize)
+    scored = latent_columns(latents, feature_errors, reference, config.quantize, kl)
     for name, column in scored.items():
         table = table.append_column(name, column)
     info = {

@@ -124,6 +124,11 @@ class DenseAutoencoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:  # (n, d) -> (n, k)
         return self.encoder(x)
 
+    def encode_with_kl(self, x: Tensor) -> tuple[Tensor, Tensor]:  # -> (n, k), (n,)
+        """The latents and each row's KL divergence from the prior: zero but for a VAE."""
+        z = self.encode(x)
+        return z, z.new_zeros(len(z))
+
     def forward(self, x: Tensor) -> Tensor:  # (n, d) -> (n, d)
         return self.decoder(self.encode(x))
 
@@ -219,6 +224,10 @@ class VariationalAutoencoder(DenseAutoencoder):
 
     def encode(self, x: Tensor) -> Tensor:
         return self.moments(x)[0]
+
+    def encode_with_kl(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, log_var = self.moments(x)
+        return mu, kl_divergence(mu, log_var)
 
     def kl(self, x: Tensor) -> Tensor:
         """Mean over rows of the KL divergence of q(z|x) from N(0, I)."""

@@ -43,8 +43,8 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         ``top_features``, in the input's row order and index.
         """
         x = self.normalizer.transform(pd.DataFrame(model_input), source="model input")
-        latents, feature_errors = encode_and_reconstruct(self.model, x)
-        columns = latent_columns(latents, feature_errors, self.reference)
+        latents, feature_errors, kl = encode_and_reconstruct(self.model, x)
+        columns = latent_columns(latents, feature_errors, self.reference, kl=kl)
         return pd.DataFrame(
             {name: column.to_numpy(zero_copy_only=False) for name, column in columns.items()},
             index=model_input.index,

@@ -200,12 +200,12 @@ def score_batch(
             if batch.num_rows == 0:
                 continue
             x = normalizer.transform(batch, shown)
-            latents, feature_errors = encode_and_reconstruct(model, x)
+            latents, feature_errors, kl = encode_and_reconstruct(model, x)
             columns = {c: batch.column(c) for c in passthrough}
             if id_col == ROW_ID:
                 start = summary.rows
                 columns = {ROW_ID: pa.array(np.arange(start, start + batch.num_rows)), **columns}
-            scored = latent_columns(latents, feature_errors, reference)
+            scored = latent_columns(latents, feature_errors, reference, kl=kl)
             table = pa.table({**columns, **scored})
             if writer is None:
                 out_schema = table.schema.with_metadata(stamped)

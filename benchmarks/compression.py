@@ -30,7 +30,6 @@ TARGETS = {("digits", 8): 0.5, ("musk", 16): 0.8}
 COMPRESSION = {  # README: anomaly detection and compression
     "model.kind": "dense",
     "model.hidden": [256, 128],
-    "train.trim_fraction": 0.0,
     "train.epochs": 300,
     "train.learning_rate": 0.003,
     "train.patience": 50,

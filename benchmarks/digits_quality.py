@@ -3,8 +3,7 @@
 Target: ratio <= 0.5 for each of 3 seeds (split and initialisation), with params.yaml's
 defaults in the compression configuration (``COMPRESSION`` of compression.py; README:
 "Anomaly detection and compression").
-The defaults themselves serve anomaly detection: a trimmed loss leaves the rarest rows
-unlearned, which is what anomaly scores want and what the MSE of every row punishes.
+The defaults themselves serve anomaly detection: a short training of a narrow model.
 Prints a table; exits 1 when a seed misses the target.
 
     .venv/bin/python benchmarks/digits_quality.py

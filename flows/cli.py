@@ -155,9 +155,9 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
     table.add_row(
         "threshold", f"{metrics['threshold']:.4g} (anomaly rate {metrics['anomaly_rate']:.2%})"
     )
-    table.add_row(
-        "latent table", f"{summary['latent_table']} ({metrics['compression_ratio']:.1f}x smaller)"
-    )
+    ratio = metrics["compression_ratio"]
+    size = f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x the source's bytes"
+    table.add_row("latent table", f"{summary['latent_table']} ({size})")
     champion = " (champion)" if summary["champion"] else ""
     table.add_row(
         "model", f"{summary['dataset']}-autoencoder v{summary['model_version']}{champion}"

@@ -13,7 +13,7 @@ from aecore.evaluate import (
     pca_baseline_mse,
     row_errors,
 )
-from aecore.models import DenseAutoencoder
+from aecore.models import DenseAutoencoder, VariationalAutoencoder, kl_divergence
 from aecore.train import train
 
 
@@ -45,7 +45,7 @@ def test_binary_labels_only():
 def test_errors_per_row_and_feature():
     model = DenseAutoencoder(4, 2, (8,))
     x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
-    latents, feature_errors = encode_and_reconstruct(model, x)
+    latents, feature_errors, _ = encode_and_reconstruct(model, x)
     with torch.no_grad():
         expected = (model(torch.from_numpy(x)) - torch.from_numpy(x)) ** 2
     np.testing.assert_allclose(feature_errors, expected.numpy(), rtol=1e-6)
@@ -105,3 +105,54 @@ def test_latent_distance_flags_rows_that_reconstruct_well():
     np.testing.assert_allclose(
         anomaly_scores(far, errors[:10], blind), anomaly_scores(latents[:10], errors[:10], blind)
     )
+
+
+def test_score_fit_leaves_the_anomalies_in_the_training_rows_out():
+    """A fifth of the training rows are anomalies: trimmed, the score is fitted on the rest."""
+    generator = np.random.default_rng(6)
+    latents = generator.normal(size=(1000, 2))
+    errors = np.abs(generator.normal(size=(1000, 4)))
+    latents[:150] += 6.0  # contamination, far in the latent space and badly reconstructed
+    errors[:150] *= 10.0
+    clean = fit_scorer(latents[150:], errors[150:], latent_weight=0.5)
+    plain = fit_scorer(latents, errors, latent_weight=0.5)
+    trimmed = fit_scorer(latents, errors, latent_weight=0.5, trim=0.2)
+    # untrimmed, the anomalies inflate the column scales and widen the latent covariance
+    assert np.min(np.divide(plain["column_scale"], clean["column_scale"])) > 2
+    np.testing.assert_allclose(trimmed["column_scale"], clean["column_scale"], rtol=0.2)
+    np.testing.assert_allclose(trimmed["latent_mean"], clean["latent_mean"], atol=0.2)
+    # so the anomalies score far higher against the inliers than without trimming
+    normal, anomalous = slice(150, None), slice(None, 150)
+
+    def margin(scorer: dict) -> float:
+        scores = anomaly_scores(latents, errors, scorer)
+        return float(np.median(scores[anomalous]) / np.median(scores[normal]))
+
+    assert margin(trimmed) > 3 * margin(plain)
+    assert fit_scorer(latents, errors, 0.5, trim=0.0) == plain
+
+
+def test_vae_score_adds_its_kl_divergence_when_asked():
+    torch.manual_seed(0)
+    vae = VariationalAutoencoder(6, 2, (16,))
+    x = np.random.default_rng(7).normal(size=(300, 6)).astype(np.float32)
+    latents, errors, kl = encode_and_reconstruct(vae, x)
+    with torch.no_grad():
+        expected = kl_divergence(*vae.moments(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(kl, expected, rtol=1e-6)
+    assert (kl > 0).all()
+    again = encode_and_reconstruct(vae, x)  # the posterior mean, never a sample
+    for first, second in zip((latents, errors, kl), again, strict=True):
+        np.testing.assert_array_equal(first, second)
+    assert not encode_and_reconstruct(DenseAutoencoder(6, 2, (16,)), x)[2].any()
+
+    without = fit_scorer(latents, errors, latent_weight=0.5)
+    with_kl = fit_scorer(latents, errors, latent_weight=0.5, kl=kl, kl_weight=0.3)
+    assert with_kl["kl_scale"] == pytest.approx(kl.mean(), rel=1e-6)
+    np.testing.assert_allclose(
+        anomaly_scores(latents, errors, with_kl, kl=kl),
+        anomaly_scores(latents, errors, without) + 0.3 * kl / kl.mean(),
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="pass kl"):
+        anomaly_scores(latents, errors, with_kl)

@@ -42,7 +42,7 @@ def trained(tmp_path, frame, params):
         dataclasses.replace(params.train, epochs=5, device="cpu"),
     )
     x, is_val, schema = load_features(layout.processed)
-    latents, errors = encode_and_reconstruct(load_model(layout.model), x)
+    latents, errors, _ = encode_and_reconstruct(load_model(layout.model), x)
     scorer = fit_scorer(latents[~is_val], errors[~is_val], latent_weight=0.5)
     reference = scoring_reference(schema, 0.5, row_errors(errors[is_val]), scorer)
     io.write_json(reference, layout.reference)
@@ -98,7 +98,7 @@ def test_scores_match_an_independent_recomputation(trained, frame):
     table = pq.read_table(run_export(trained)).to_pandas()
     normalizer = Normalizer.from_json(trained.normalizer)
     model = load_model(trained.model)
-    latents, feature_errors = encode_and_reconstruct(model, normalizer.transform(frame))
+    latents, feature_errors, _ = encode_and_reconstruct(model, normalizer.transform(frame))
     np.testing.assert_allclose(table[["z0", "z1", "z2"]].to_numpy(), latents, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(table["recon_error"], row_errors(feature_errors), rtol=1e-5)
     x, is_val, _ = load_features(trained.processed)
@@ -151,7 +151,7 @@ def test_top_features_name_the_corrupted_column(trained, frame, tmp_path):
     model = load_model(trained.model)
     broken = frame.copy()
     broken.loc[:9, "c"] += 40.0
-    _, feature_errors = encode_and_reconstruct(model, normalizer.transform(broken))
+    _, feature_errors, _ = encode_and_reconstruct(model, normalizer.transform(broken))
     names = top_features(feature_errors, normalizer.columns).to_pylist()
     assert all(row[0] == "c" and len(row) == 3 and len(set(row)) == 3 for row in names[:10])
     expected = [
