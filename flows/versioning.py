@@ -33,12 +33,17 @@ class Record:
 
 
 def git_state(root: Path) -> tuple[str | None, str | None]:
-    """Return ``(commit, warning)``: the checked-out commit and what is wrong with the repo."""
+    """Return ``(commit, warning)``: the checked-out commit and what is wrong with the repo.
+
+    Changes to what the pipeline writes itself (``dvc.lock``, everything under ``data/``,
+    such as the metrics that git tracks) are the run's results, not uncommitted code.
+    """
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     if head.returncode != 0:
         return None, f"{root}: not a git repository with a commit; run `git init` and commit"
+    outputs = [":(exclude)dvc.lock", ":(exclude)data"]
     status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs],
         cwd=root,
         capture_output=True,
         text=True,
