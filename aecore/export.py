@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from aecore.config import ExportConfig
 from aecore.evaluate import anomaly_scores, encode_and_reconstruct, row_errors, scaled_errors
-from aecore.io import file_digest, write_parquet
+from aecore.io import dictionary_columns, file_digest, write_parquet
 from aecore.models import load_model
 from aecore.train import load_features
 
@@ -92,7 +92,7 @@ def write_latents(
 ) -> Path:
     """Write one partition of the latent table atomically, zstd, with ``aepipe.*`` metadata."""
     table = table.replace_schema_metadata(stamp(metadata))
-    return write_parquet(table, path, row_group_size=row_group_size)
+    return write_parquet(table, path, row_group_size, dictionary_columns(table.schema))
 
 
 def export(

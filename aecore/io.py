@@ -267,12 +267,37 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_parquet(
-    table: pa.Table, path: Path, row_group_size: int | None = None, compression: str = "zstd"
+    table: pa.Table,
+    path: Path,
+    row_group_size: int | None = None,
+    use_dictionary: bool | list[str] = True,
 ) -> Path:
     """Write ``table`` to ``path`` atomically, zstd-compressed."""
     with atomic_path(path) as temporary:
-        pq.write_table(table, temporary, compression=compression, row_group_size=row_group_size)
+        pq.write_table(
+            table,
+            temporary,
+            compression="zstd",
+            row_group_size=row_group_size,
+            use_dictionary=use_dictionary,
+        )
     return path
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The Parquet paths worth a dictionary: text columns and lists of text.
+
+    Numbers (latents, errors, scores, row ids) seldom repeat; trying a dictionary on them
+    first costs a latent table four fifths of its write time and a third of its bytes.
+    """
+    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary)
+    paths = []
+    for field in schema:
+        listed = pa.types.is_list(field.type)
+        kind = field.type.value_type if listed else field.type
+        if any(is_text(kind) for is_text in text):
+            paths.append(f"{field.name}.list.element" if listed else field.name)
+    return paths
 
 
 def write_json(data: Mapping, path: Path) -> Path:

@@ -20,6 +20,7 @@ from aecore.io import (
     ROW_ID,
     atomic_path,
     column_kind,
+    dictionary_columns,
     format_of,
     is_numeric,
     list_source_files,
@@ -209,7 +210,12 @@ def score_batch(
             table = pa.table({**columns, **scored})
             if writer is None:
                 out_schema = table.schema.with_metadata(stamped)
-                writer = pq.ParquetWriter(temporary, out_schema, compression="zstd")
+                writer = pq.ParquetWriter(
+                    temporary,
+                    out_schema,
+                    compression="zstd",
+                    use_dictionary=dictionary_columns(out_schema),
+                )
             errors = scored["recon_error"].to_numpy()
             summary.add(errors, latents, scored["is_anomaly"].to_numpy(zero_copy_only=False))
             pending.append(table)

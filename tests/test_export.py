@@ -83,6 +83,10 @@ def test_latent_table_contract(trained, frame):
     file = pq.ParquetFile(path)
     assert file.metadata.row_group(0).column(0).compression == "ZSTD"
     assert file.metadata.num_row_groups == 2  # 200 rows in groups of 128
+    group = file.metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings for i in range(9)}
+    dictionary = {path for path, used in encodings.items() if "RLE_DICTIONARY" in used}
+    assert dictionary == {"top_features.list.element"}  # the names repeat, numbers do not
     meta = read_metadata(path)
     assert meta["latent_dim"] == "3" and meta["threshold"] == "0.5"
     assert meta["model_uri"] == "models:/m-1" and meta["mlflow_run_id"] == "r1"
