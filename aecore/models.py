@@ -231,7 +231,7 @@ class VariationalAutoencoder(DenseAutoencoder):
 
     def kl(self, x: Tensor) -> Tensor:
         """Mean over rows of the KL divergence of q(z|x) from N(0, I)."""
-        return kl_divergence(*self.moments(x)).mean()
+        return self.encode_with_kl(x)[1].mean()
 
     def kl_weight(self) -> float:
         """β, ramped up linearly over the first ``kl_warmup_epochs`` epochs."""

@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # reflows docstring paragraphs to the terminal's width
 )
 
 PARAMS_HELP = "Parameters file holding every default."
@@ -183,7 +184,7 @@ def score(
         typer.Option(help="File, folder, glob or URL: one batch. Default: the inbox's new files."),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model URI; default models:/<dataset>-autoencoder@champion.")
+        str | None, typer.Option(help="Model URI; default models:/DATASET-autoencoder@champion.")
     ] = None,
     batch_id: Annotated[
         str | None, typer.Option(help="Partition name; default: the file's.")

@@ -122,20 +122,20 @@ def test_dvc_exp_run_is_compared_and_tracked(tmp_path):
     sh("dvc", "repro", cwd=root)
     sh(*GIT, "add", "-A", cwd=root)
     sh(*GIT, "commit", "-q", "-m", "baseline", cwd=root)
-    sh("dvc", "exp", "run", "-S", "model.latent_dim=4", cwd=root)
+    sh("dvc", "exp", "run", "-S", "model.kind=vae", cwd=root)
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=root).stdout)
-    dims = []
+    kinds = []
     for entry in shown:
         for experiment in [entry, *(entry.get("experiments") or [])]:
             revisions = experiment.get("revs", [experiment])
             for rev in revisions:
                 data = (rev.get("data") or {}).get("params", {}).get("params.yaml", {})
                 if data:
-                    dims.append(data["data"]["model"]["latent_dim"])
-    assert 4 in dims and None in dims  # the experiment beside the baseline (null: auto)
+                    kinds.append(data["data"]["model"]["kind"])
+    default = yaml.safe_load((REPO / "params.yaml").read_text())["model"]["kind"]
+    assert {"vae", default} <= set(kinds)  # the experiment beside the baseline
     latest = runs_of(root, "digits")[-1]
-    assert latest.data.params["model.latent_dim"] == "4"
-    assert latest.data.metrics["latent_dim"] == 4
+    assert latest.data.params["model.kind"] == "vae"
 
 
 def test_flow_run_leaves_dvc_clean_and_tags_its_data(tmp_path):
