@@ -130,6 +130,7 @@ def test_a_categorical_column_error_is_its_cross_entropy():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
 def test_mixed_csv_through_the_flows_and_the_registered_model(project):
     orders(1500).to_csv(project / "orders.csv", index=False)
     summary = train_autoencoder(source=str(project / "orders.csv"), epochs=40, root=str(project))

@@ -8,7 +8,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.testing.utilities import prefect_test_harness
 
 from aecore.export import read_latents
 from aecore.synthetic import make_data
@@ -21,14 +20,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    with prefect_test_harness(server_startup_timeout=60):
-        root = write_project(tmp_path_factory.mktemp("scoring"), train__epochs=25)
-        make_data(root / "incoming", rows=4000, cols=10, anomaly_rate=0.02, seed=3)
-        frame = pd.read_parquet(root / "incoming")
-        frame.iloc[:3000].to_parquet(root / "sensors.parquet")
-        summary = train_autoencoder(source=str(root / "sensors.parquet"), root=str(root))
-        yield root, frame, summary
+def trained(tmp_path_factory, prefect_server):
+    root = write_project(tmp_path_factory.mktemp("scoring"), train__epochs=25)
+    make_data(root / "incoming", rows=4000, cols=10, anomaly_rate=0.02, seed=3)
+    frame = pd.read_parquet(root / "incoming")
+    frame.iloc[:3000].to_parquet(root / "sensors.parquet")
+    summary = train_autoencoder(source=str(root / "sensors.parquet"), root=str(root))
+    return root, frame, summary
 
 
 def test_scored_batch_is_tracked_against_its_model(trained):

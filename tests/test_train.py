@@ -162,8 +162,8 @@ def test_vae_kl_is_real_and_weighted(params):
     for beta in (0.0, 1.0, 4.0):
         vae.beta = beta
         torch.manual_seed(1)  # the same reparameterization noise each time
-        losses[beta] = float(vae.loss(x))
-    kl = float(vae.kl(x)) / 10
+        losses[beta] = vae.loss(x).item()
+    kl = vae.kl(x).item() / 10
     assert losses[1.0] - losses[0.0] == pytest.approx(kl, rel=1e-4)
     assert losses[4.0] - losses[0.0] == pytest.approx(4 * kl, rel=1e-4)
     vae.epoch = 0  # warm-up: a tenth of beta in the first of 10 epochs

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from aecore.errors import AepipeError
 from aecore.export import read_metadata
@@ -23,15 +22,9 @@ from flows import tracking
 from flows.train import train_autoencoder
 from tests.conftest import REPO, write_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = str(Path(sys.executable).parent)
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 def sh(*command: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
