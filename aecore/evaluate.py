@@ -77,15 +77,24 @@ def fit_scorer(
         kl_weight: ``v``, the weight of the KL divergence (a VAE's; zero for other kinds).
 
     Returns:
-        ``column_scale`` (each column's mean training error, floored so that a constant
-        column cannot blow up); ``latent_mean``, ``latent_std``, ``latent_precision``
-        (pseudo-inverse of the latent covariance); ``kl_scale`` (the mean KL); the weights.
+        ``column_scale`` (each column's mean error over the rows of the last fit, floored
+        so that a constant column cannot blow up); ``latent_mean``, ``latent_std``,
+        ``latent_precision`` (pseudo-inverse of the latent covariance); ``kl_scale`` (the
+        mean KL); the weights.
     """
-    kl = np.zeros(len(latents)) if kl is None else kl
+    if kl is None:
+        if kl_weight:
+            message = "fit_scorer: kl_weight is not zero; pass the training rows' kl"
+            raise ValueError(message)
+        kl = np.zeros(len(latents))
     scorer = score_moments(latents, errors, kl, latent_weight, kl_weight)
-    if trim > 0 and len(latents) > 1:
+    n, k = latents.shape
+    keep = n - int(n * trim)
+    if keep < n and keep >= k + 2:  # enough rows left for a covariance
         scores = anomaly_scores(latents, errors, scorer_arrays(scorer), kl=kl)
-        typical = scores <= np.quantile(scores, 1 - trim)
+        # the least typical rows out, a non-finite score (a NaN error) first of all
+        order = np.argsort(np.where(np.isfinite(scores), scores, np.inf), kind="stable")
+        typical = order[:keep]
         scorer = score_moments(
             latents[typical], errors[typical], kl[typical], latent_weight, kl_weight
         )
@@ -99,7 +108,11 @@ def score_moments(
     latent_weight: float,
     kl_weight: float,
 ) -> dict[str, Any]:
-    """The column error scales and latent moments of ``fit_scorer``, over every row given."""
+    """The column error scales and latent moments of ``fit_scorer``, over the finite rows."""
+    finite = np.isfinite(errors).all(axis=1) & np.isfinite(latents).all(axis=1)
+    finite &= np.isfinite(kl)
+    if finite.any() and not finite.all():
+        latents, errors, kl = latents[finite], errors[finite], kl[finite]
     scale = errors.astype(np.float64).mean(axis=0)
     scale = np.maximum(scale, 1e-3 * scale.mean() + 1e-12)
     kl_scale = float(kl.astype(np.float64).mean()) if len(kl) else 0.0
@@ -155,7 +168,7 @@ def anomaly_scores(
     distance = ((offset @ np.asarray(scorer["latent_precision"])) * offset).sum(axis=1)
     weight = float(scorer["latent_weight"])
     score = (1 - weight) * scaled + weight * distance / max(latents.shape[1], 1)
-    if scorer["kl_weight"]:
+    if scorer.get("kl_weight"):  # absent from the references of older models
         if kl is None:
             message = "anomaly_scores: the scorer weighs the KL divergence; pass kl"
             raise ValueError(message)

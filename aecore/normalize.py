@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from aecore.config import NORMALIZE_METHODS, NormalizeConfig
 from aecore.errors import AepipeError
-from aecore.io import column_kind, dictionary_columns, read_schema, write_json, write_parquet
+from aecore.io import column_kind, read_schema, write_json, write_parquet
 
 SPLIT = "split"
 OTHER = "__other__"  # the one-hot slot of missing values and categories unseen in training
@@ -315,6 +315,5 @@ def normalize(raw: Path, out: Path, normalizer_path: Path, config: NormalizeConf
     schema |= {"encoded": normalizer.encoded, "blocks": normalizer.blocks}
     metadata = {**(pq.read_schema(raw).metadata or {}), b"aepipe.schema": json.dumps(schema)}
     normalizer.to_json(normalizer_path)
-    table = pa.table(columns).replace_schema_metadata(metadata)
-    write_parquet(table, out, use_dictionary=dictionary_columns(table.schema))
+    write_parquet(pa.table(columns).replace_schema_metadata(metadata), out)
     return out

@@ -35,8 +35,9 @@ class Record:
 def git_state(root: Path) -> tuple[str | None, str | None]:
     """Return ``(commit, warning)``: the checked-out commit and what is wrong with the repo.
 
-    Changes to what the pipeline writes itself (``dvc.lock``, everything under ``data/``,
-    such as the metrics that git tracks) are the run's results, not uncommitted code.
+    Only the project folder counts, and changes to what the pipeline writes itself
+    (``dvc.lock``, everything under ``data/``, such as the metrics that git tracks) are
+    the run's results, not uncommitted code.
     """
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     if head.returncode != 0:

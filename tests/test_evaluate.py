@@ -129,7 +129,31 @@ def test_score_fit_leaves_the_anomalies_in_the_training_rows_out():
         return float(np.median(scores[anomalous]) / np.median(scores[normal]))
 
     assert margin(trimmed) > 3 * margin(plain)
-    assert fit_scorer(latents, errors, 0.5, trim=0.0) == plain
+
+
+def test_score_fit_survives_broken_rows_and_tiny_tables():
+    generator = np.random.default_rng(8)
+    latents = generator.normal(size=(200, 2))
+    errors = np.abs(generator.normal(size=(200, 3)))
+    errors[7, 1] = np.nan  # one broken row: trimmed first, not spread to every moment
+    scorer = fit_scorer(latents, errors, latent_weight=0.5, trim=0.2)
+    for key in ("column_scale", "latent_mean", "latent_precision"):
+        assert np.isfinite(scorer[key]).all(), key
+    for n in (1, 2, 3):  # too few rows to refit a covariance: the first fit stands
+        tiny = fit_scorer(latents[:n], errors[:n], latent_weight=0.5, trim=0.2)
+        assert tiny == fit_scorer(latents[:n], errors[:n], latent_weight=0.5)
+    with pytest.raises(ValueError, match="pass the training rows' kl"):
+        fit_scorer(latents, errors, latent_weight=0.5, kl_weight=0.3)
+
+
+def test_references_of_older_models_still_score():
+    generator = np.random.default_rng(9)
+    latents, errors = generator.normal(size=(50, 2)), np.abs(generator.normal(size=(50, 3)))
+    scorer = fit_scorer(latents, errors, latent_weight=0.5)
+    older = {k: v for k, v in scorer.items() if k not in ("kl_weight", "kl_scale")}
+    np.testing.assert_array_equal(
+        anomaly_scores(latents, errors, older), anomaly_scores(latents, errors, scorer)
+    )
 
 
 def test_vae_score_adds_its_kl_divergence_when_asked():

@@ -140,3 +140,25 @@ def test_errors_never_show_url_secrets(tmp_path):
             data_config("memory://key:secret@bucket/none.csv?token=abc"), tmp_path / "r.parquet"
         )
     assert "secret" not in str(error.value) and "abc" not in str(error.value)
+
+
+def test_dictionaries_only_for_text():
+    import pyarrow as pa
+
+    schema = pa.schema(
+        {
+            "row_id": pa.int64(),
+            "z0": pa.float32(),
+            "label": pa.string(),
+            "site": pa.dictionary(pa.int8(), pa.string()),
+            "top_features": pa.list_(pa.string()),
+            "tags": pa.large_list(pa.large_string()),
+            "scores": pa.list_(pa.float32()),
+        }
+    )
+    assert io.dictionary_columns(schema) == [
+        "label",
+        "site",
+        "top_features.list.element",
+        "tags.list.element",
+    ]
