@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -92,7 +92,8 @@ class DenseAutoencoder(nn.Module):
     """
 
     kind = "dense"
-    OPTIONS: tuple[str, ...] = ()  # ModelConfig fields this kind takes
+    OPTIONS: ClassVar[dict[str, float]] = {}  # ModelConfig fields this kind takes: defaults
+    OUTPUTS_PER_LATENT = 1  # encoder outputs per latent (a VAE's: mean and log-variance)
 
     def __init__(
         self,
@@ -100,26 +101,27 @@ class DenseAutoencoder(nn.Module):
         k: int,
         hidden: tuple[int, ...],
         blocks: list[tuple[str, int]] | None = None,
-        encoder_out: int = 0,
+        **options: float,
     ) -> None:
         super().__init__()
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            message = f"model: {self.kind} takes no option {unknown[0]!r}"
+            raise AepipeError(message)
         blocks = [tuple(block) for block in blocks] if blocks else [("num", 1)] * d
         if sum(width for _, width in blocks) != d:
             message = f"model: blocks cover {sum(w for _, w in blocks)} inputs, not {d}"
             raise AepipeError(message)
-        # everything that rebuilds the model on load
-        self.spec = {"d": d, "k": k, "hidden": list(hidden), "blocks": [list(b) for b in blocks]}
+        options = self.OPTIONS | options
+        shape = {"d": d, "k": k, "hidden": list(hidden), "blocks": [list(b) for b in blocks]}
+        self.spec = shape | options  # everything that rebuilds the model on load
+        for name, value in options.items():
+            setattr(self, name, value)
         self.k = k
-        self.encoder = make_layers([d, *hidden, encoder_out or k])
+        self.encoder = make_layers([d, *hidden, self.OUTPUTS_PER_LATENT * k])
         self.decoder = make_layers([k, *reversed(hidden), d])
         self.column_errors = ColumnErrors(blocks)
         self.epoch = 0
-
-    def keep_options(self, **options: float) -> None:
-        """Hold a kind's options as attributes and in the spec that rebuilds the model."""
-        self.spec |= options
-        for name, value in options.items():
-            setattr(self, name, value)
 
     def encode(self, x: Tensor) -> Tensor:  # (n, d) -> (n, k)
         return self.encoder(x)
@@ -144,19 +146,9 @@ class DenoisingAutoencoder(DenseAutoencoder):
     """Reconstructs clean rows from corrupted ones: Gaussian and masking noise, training only."""
 
     kind = "denoising"
-    OPTIONS = ("noise_std", "mask_rate")
-
-    def __init__(
-        self,
-        d: int,
-        k: int,
-        hidden: tuple[int, ...],
-        blocks: list[tuple[str, int]] | None = None,
-        noise_std: float = 0.1,
-        mask_rate: float = 0.1,
-    ) -> None:
-        super().__init__(d, k, hidden, blocks)
-        self.keep_options(noise_std=noise_std, mask_rate=mask_rate)
+    OPTIONS: ClassVar[dict[str, float]] = {"noise_std": 0.1, "mask_rate": 0.1}
+    noise_std: float
+    mask_rate: float
 
     def corrupt(self, x: Tensor) -> Tensor:
         """Add noise and zero a random share of entries; the identity in eval mode."""
@@ -173,18 +165,8 @@ class SparseAutoencoder(DenseAutoencoder):
     """An L1 penalty on the latent activations keeps few of them active per row."""
 
     kind = "sparse"
-    OPTIONS = ("sparsity_weight",)
-
-    def __init__(
-        self,
-        d: int,
-        k: int,
-        hidden: tuple[int, ...],
-        blocks: list[tuple[str, int]] | None = None,
-        sparsity_weight: float = 1e-3,
-    ) -> None:
-        super().__init__(d, k, hidden, blocks)
-        self.keep_options(sparsity_weight=sparsity_weight)
+    OPTIONS: ClassVar[dict[str, float]] = {"sparsity_weight": 1e-3}
+    sparsity_weight: float
 
     def row_loss(self, x: Tensor) -> Tensor:
         z = self.encode(x)
@@ -204,19 +186,10 @@ class VariationalAutoencoder(DenseAutoencoder):
     """
 
     kind = "vae"
-    OPTIONS = ("beta", "kl_warmup_epochs")
-
-    def __init__(
-        self,
-        d: int,
-        k: int,
-        hidden: tuple[int, ...],
-        blocks: list[tuple[str, int]] | None = None,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 10,
-    ) -> None:
-        super().__init__(d, k, hidden, blocks, encoder_out=2 * k)
-        self.keep_options(beta=beta, kl_warmup_epochs=kl_warmup_epochs)
+    OPTIONS: ClassVar[dict[str, float]] = {"beta": 1.0, "kl_warmup_epochs": 10}
+    OUTPUTS_PER_LATENT = 2
+    beta: float
+    kl_warmup_epochs: int
 
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (n, d) -> (n, k), (n, k)
         mu, log_var = self.encoder(x).chunk(2, dim=1)

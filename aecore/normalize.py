@@ -8,7 +8,7 @@ categorical column (hashed into buckets above ``max_onehot`` categories).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +100,9 @@ class Normalizer:
     def fit(self, data: Frame, source: str = "input") -> Normalizer:
         """Learn categories, medians, centres and scales from the training rows in ``data``."""
         data = as_arrow(data)
+        columns = [self._values(self._column(data, c, source), c, source) for c in self.columns]
         self.codes = []
-        for name in self.columns:
-            values = self._values(self._column(data, name, source), name, source)
+        for name, values in zip(self.columns, columns, strict=True):
             code: dict[str, Any] = {"kind": self.kinds[name]}
             if code["kind"] in NUMBERS:
                 missing = np.isnan(values).any() if len(values) else False
@@ -115,7 +115,7 @@ class Normalizer:
                 else:
                     code["buckets"] = self.hash_buckets
             self.codes.append(code)
-        raw = self._raw(data, source)
+        raw = self._encode(columns, data.num_rows)
         scaled = self._scaled()
         with np.errstate(all="ignore"):
             median = np.nanmedian(raw, axis=0) if len(raw) else np.zeros(raw.shape[1])
@@ -142,13 +142,12 @@ class Normalizer:
             mask += [True] * numbers + [False] * (block_width(code) - numbers)
         return np.array(mask, dtype=bool)
 
-    def _raw(self, data: pa.Table | pa.RecordBatch, source: str) -> np.ndarray:
-        """Encode every column, before imputation and scaling: float64 ``(n, width)``."""
+    def _encode(self, columns: Iterable[np.ndarray], rows: int) -> np.ndarray:
+        """Encode every column's values, before imputation and scaling: ``(rows, width)``."""
         widths = [block_width(code) for code in self.codes]
-        out = np.empty((data.num_rows, sum(widths)))
+        out = np.empty((rows, sum(widths)))
         start = 0
-        for name, code, width in zip(self.columns, self.codes, widths, strict=True):
-            values = self._values(self._column(data, name, source), name, source)
+        for values, code, width in zip(columns, self.codes, widths, strict=True):
             if code["kind"] in NUMBERS:
                 values = values.reshape(len(values), -1)
                 out[:, start : start + values.shape[1]] = values
@@ -169,7 +168,9 @@ class Normalizer:
         if not self.codes:
             message = "Normalizer is not fitted: call fit() or from_json() first"
             raise AepipeError(message)
-        x = self._raw(as_arrow(data), source)
+        data = as_arrow(data)
+        columns = (self._values(self._column(data, c, source), c, source) for c in self.columns)
+        x = self._encode(columns, data.num_rows)  # one column read at a time
         np.copyto(x, self.median_, where=np.isnan(x))  # impute and scale in place: x is ours
         x -= self.center_
         x /= self.scale_
@@ -311,8 +312,9 @@ def normalize(raw: Path, out: Path, normalizer_path: Path, config: NormalizeConf
     passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
     columns = {c: table.column(c) for c in passthrough}
     columns[SPLIT] = pa.array(np.where(is_val, "val", "train"))
-    columns.update({name: pa.array(x[:, i]) for i, name in enumerate(normalizer.encoded)})
-    schema |= {"encoded": normalizer.encoded, "blocks": normalizer.blocks}
+    encoded = normalizer.encoded
+    columns.update({name: pa.array(x[:, i]) for i, name in enumerate(encoded)})
+    schema |= {"encoded": encoded, "blocks": normalizer.blocks}
     metadata = {**(pq.read_schema(raw).metadata or {}), b"aepipe.schema": json.dumps(schema)}
     normalizer.to_json(normalizer_path)
     write_parquet(pa.table(columns).replace_schema_metadata(metadata), out)
