@@ -18,6 +18,7 @@ from aecore.errors import AepipeError
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NORMALIZE_METHODS = ("zscore", "minmax", "robust")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+TASK_RUNNERS = ("local", "dask")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class NormalizeConfig:
     max_onehot: int
     hash_buckets: int
     missing_indicator: bool
+    sample_rows: int
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ class TrainConfig:
     grad_clip: float
     device: str
     seed: int
+    max_rows: int
+    max_val_rows: int
+    max_batch_size: int
+    max_steps: int
+    max_minutes: float
+    compile: bool
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class EvaluateConfig:
     latent_weight: float
     kl_weight: float
     score_trim: float
+    sample_rows: int
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,14 @@ class ScoreConfig:
     inbox: str
     batch_rows: int
     drift_limit: float
+
+
+@dataclass(frozen=True)
+class OrchestrationConfig:
+    """Where the per-file and per-partition work runs."""
+
+    task_runner: str
+    dask_address: str | None
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,7 @@ class Params:
     evaluate: EvaluateConfig
     export: ExportConfig
     score: ScoreConfig
+    orchestration: OrchestrationConfig
     schedule: ScheduleConfig
 
     def as_flat_dict(self) -> dict[str, Any]:
@@ -221,6 +239,22 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("evaluate.score_trim", 0 <= params.evaluate.score_trim < 1, "in [0, 1)"),
         ("train.epochs", params.train.epochs >= 1, "at least 1"),
         ("train.batch_size", params.train.batch_size >= 1, "at least 1"),
+        (
+            "train.max_batch_size",
+            params.train.max_batch_size >= params.train.batch_size,
+            "at least train.batch_size",
+        ),
+        ("train.max_rows", params.train.max_rows >= 1, "at least 1"),
+        ("train.max_val_rows", params.train.max_val_rows >= 1, "at least 1"),
+        ("train.max_steps", params.train.max_steps >= 0, "0 (no limit) or more"),
+        ("train.max_minutes", params.train.max_minutes >= 0, "0 (no limit) or more"),
+        ("normalize.sample_rows", params.normalize.sample_rows >= 1, "at least 1"),
+        ("evaluate.sample_rows", params.evaluate.sample_rows >= 1, "at least 1"),
+        (
+            "orchestration.task_runner",
+            params.orchestration.task_runner in TASK_RUNNERS,
+            str(TASK_RUNNERS),
+        ),
         ("train.learning_rate", params.train.learning_rate > 0, "positive"),
         ("train.patience", params.train.patience >= 1, "at least 1"),
         ("train.lr_schedule", params.train.lr_schedule in ("none", "cosine"), "none or cosine"),

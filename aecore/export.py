@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,10 +15,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aecore.config import ExportConfig
-from aecore.evaluate import anomaly_scores, encode_and_reconstruct, row_errors, scaled_errors
-from aecore.io import dictionary_columns, file_digest, write_parquet
+from aecore.evaluate import encode_and_reconstruct, row_errors
+from aecore.io import atomic_path, dictionary_columns, file_digest
 from aecore.models import load_model
-from aecore.train import load_features
+from aecore.normalize import iter_features
+from aecore.schema import read_schema
+from aecore.scorer import AnomalyScorer
 
 SCHEMA_VERSION = "1"
 META_PREFIX = "aepipe."
@@ -30,7 +32,8 @@ TOP_FEATURES = 3
 def latent_columns(
     latents: np.ndarray,
     feature_errors: np.ndarray,
-    reference: Mapping[str, Any],
+    reference: Mapping,
+    scorer: AnomalyScorer,
     quantize: bool = False,
     kl: np.ndarray | None = None,
 ) -> dict[str, pa.Array]:
@@ -41,13 +44,14 @@ def latent_columns(
     Args:
         latents: ``(n, k)``.
         feature_errors: reconstruction error per source column ``(n, columns)``.
-        reference: the scoring reference of the evaluate stage: feature names, the
-            anomaly score's parameters and its threshold.
+        reference: the scoring reference of the evaluate stage: feature names and the
+            threshold.
+        scorer: the anomaly score (``AnomalyScorer.from_dict(reference)``).
         quantize: latents as float16.
         kl: each row's KL divergence ``(n,)`` (zero but for a VAE).
     """
-    scaled = scaled_errors(feature_errors, reference)
-    scores = anomaly_scores(latents, feature_errors, reference, scaled, kl)
+    scaled = scorer.scaled_errors(feature_errors)
+    scores = scorer.score(latents, feature_errors, kl, scaled)
     z_type = np.float16 if quantize else np.float32
     columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}
     columns["recon_error"] = pa.array(row_errors(feature_errors))
@@ -87,12 +91,56 @@ def stamp(metadata: Mapping[str, object]) -> dict[bytes, bytes]:
     return {k.encode(): v.encode() for k, v in stamped.items()}
 
 
-def write_latents(
-    table: pa.Table, path: Path, metadata: Mapping[str, str], row_group_size: int
-) -> Path:
-    """Write one partition of the latent table atomically, zstd, with ``aepipe.*`` metadata."""
-    table = table.replace_schema_metadata(stamp(metadata))
-    return write_parquet(table, path, row_group_size, dictionary_columns(table.schema))
+class LatentWriter:
+    """Writes scored record batches into one partition file, in whole row groups."""
+
+    def __init__(self, path: Path, metadata: Mapping[str, object], row_group_size: int) -> None:
+        self.path, self.stamped, self.row_group_size = path, stamp(metadata), row_group_size
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._pending: list[pa.Table] = []
+
+    def write(self, table: pa.Table) -> None:
+        """Add rows; a row group is written whenever enough rows are waiting."""
+        if self._writer is None:
+            schema = table.schema.with_metadata(self.stamped)
+            self._writer = pq.ParquetWriter(
+                self.path,
+                schema,
+                compression="zstd",
+                use_dictionary=dictionary_columns(schema),
+            )
+        self._pending.append(table)
+        self.rows += table.num_rows
+        if sum(t.num_rows for t in self._pending) >= self.row_group_size:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        table = pa.concat_tables(self._pending)
+        size = self.row_group_size
+        whole = table.num_rows if final else table.num_rows - table.num_rows % size
+        for start in range(0, whole, size):
+            self._writer.write_table(table.slice(start, min(size, whole - start)), size)  # type: ignore[union-attr]
+        self._pending = [table.slice(whole)] if whole < table.num_rows else []
+
+    def close(self) -> None:
+        if self._writer is not None:
+            if self._pending:
+                self._flush(final=True)
+            self._writer.close()
+
+
+@contextmanager
+def latent_partition(
+    path: Path, metadata: Mapping[str, object], row_group_size: int
+) -> Iterator[LatentWriter]:
+    """A writer of partition ``path``: it replaces the file only when the block succeeds."""
+    with atomic_path(path) as temporary:
+        writer = LatentWriter(temporary, metadata, row_group_size)
+        try:
+            yield writer
+        finally:
+            writer.close()
 
 
 def export(
@@ -104,8 +152,11 @@ def export(
     config: ExportConfig,
     metadata: Mapping[str, str] | None = None,
     data_version: str = "",
+    batch_rows: int = 65536,
 ) -> Path:
     """The export stage: encode every row and write the latent table partition ``out``.
+
+    Streams record batches, so memory does not grow with the table.
 
     Args:
         processed: the normalized features with id, label and split columns.
@@ -115,21 +166,17 @@ def export(
         out: the partition file, e.g. ``data/latents/digits/batch=train/part-0.parquet``.
         config: row group size and float16 quantization.
         metadata: more ``aepipe.*`` metadata, e.g. ``model_uri`` and ``mlflow_run_id``.
-        data_version: the version of the input data (DVC md5 of the raw file).
+        data_version: the version of the input data (DVC md5 of the raw data).
+        batch_rows: rows per record batch.
     """
-    x, _, schema = load_features(processed)
+    schema = read_schema(processed)
     model = load_model(model_path)
     reference = json.loads(Path(reference_path).read_text())
-    threshold = float(reference["threshold"])
-    latents, feature_errors, kl = encode_and_reconstruct(model, x)
+    scorer = AnomalyScorer.from_dict(reference)
     passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
-    table = pq.read_table(processed, columns=passthrough)
-    scored = latent_columns(latents, feature_errors, reference, config.quantize, kl)
-    for name, column in scored.items():
-        table = table.append_column(name, column)
     info = {
-        "latent_dim": str(latents.shape[1]),
-        "threshold": repr(threshold),
+        "latent_dim": str(model.k),
+        "threshold": repr(float(reference["threshold"])),
         "normalizer_sha256": file_digest(normalizer_path, "sha256"),
         "data_version": data_version,
         "id_col": schema["id_col"],
@@ -138,7 +185,13 @@ def export(
         "mlflow_run_id": "",
         **(metadata or {}),
     }
-    return write_latents(table, out, info, config.row_group_size)
+    with latent_partition(out, info, config.row_group_size) as writer:
+        for batch, x in iter_features(processed, passthrough, batch_rows):
+            latents, feature_errors, kl = encode_and_reconstruct(model, x)
+            scored = latent_columns(latents, feature_errors, reference, scorer, config.quantize, kl)
+            columns = {name: batch.column(i) for i, name in enumerate(passthrough)}
+            writer.write(pa.table({**columns, **scored}))
+    return out
 
 
 def read_metadata(path: Path) -> dict[str, str]:

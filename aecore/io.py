@@ -1,4 +1,4 @@
-"""All file access: reading sources, ingesting them, and atomic writes."""
+"""All file access: reading sources as record batches, atomic writes, digests."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aecore.config import DataConfig
 from aecore.errors import AepipeError
 
 DEMO_SOURCES = ("sklearn:digits",)
@@ -29,13 +28,14 @@ FORMATS = {
     ".json": "json",
 }
 COMPRESSIONS = (".gz", ".bz2", ".xz")
-ROW_ID = "row_id"
-META_SCHEMA = b"aepipe.schema"
+BATCH_ROWS = 65536  # rows per record batch read from a source
+TEXT_BLOCK = 1 << 22  # bytes per CSV/JSON block: types are inferred from the first one
+_CONVERSION = re.compile(r"(?:CSV column #(\d+)|Column\((/[^)]*)\))")
 
 
 def redact_url(source: str) -> str:
     """Hide credentials and query strings in a URL so that it can be logged."""
-    redacted = re.sub(r"(?<=://)[^/@]+@", "***@", source)
+    redacted = re.sub(r"(?<=://)[^/]*@", "***@", source)
     return re.sub(r"\?.*$", "?***", redacted) if "://" in redacted else redacted
 
 
@@ -55,8 +55,8 @@ def list_source_files(source: str) -> tuple[object, list[str]]:
     try:
         fs, path = fsspec.core.url_to_fs(source)
     except (ImportError, ValueError) as error:
-        message = f"{shown}: cannot open this source: {error}"
-        raise AepipeError(message) from error
+        message = f"{shown}: cannot open this source: {redact_url(str(error))}"
+        raise AepipeError(message) from None
     try:
         if any(char in path for char in "*?["):
             files = fs.glob(path)
@@ -68,8 +68,8 @@ def list_source_files(source: str) -> tuple[object, list[str]]:
             message = f"{shown}: no such file or directory"
             raise AepipeError(message)
     except OSError as error:
-        message = f"{shown}: cannot list the source: {error}"
-        raise AepipeError(message) from error
+        message = f"{shown}: cannot list the source: {redact_url(str(error))}"
+        raise AepipeError(message) from None
     files = sorted(f for f in files if format_of(f) and not Path(f).name.startswith((".", "_")))
     if not files:
         message = f"{shown}: no CSV, Parquet or JSONL files found"
@@ -77,33 +77,173 @@ def list_source_files(source: str) -> tuple[object, list[str]]:
     return fs, files
 
 
-def _read_file(fs: object, path: str, shown: str) -> pa.Table:
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
+class TypeWidened(Exception):
+    """A text file held a value its inferred column type cannot hold; the type was widened."""
 
-    kind = format_of(path)
-    if kind is None:
-        message = f"{shown}: unknown format; use .csv, .parquet or .jsonl"
-        raise AepipeError(message)
-    try:
-        with fs.open(path, "rb", compression="infer") as handle:  # type: ignore[attr-defined]
-            if kind == "parquet":
-                return pq.read_table(handle)
-            if kind == "csv":
-                delimiter = "\t" if ".tsv" in path.lower() else ","
-                return pcsv.read_csv(
+
+class Source:
+    """The files of a source read as record batches of one unified schema.
+
+    CSV and JSONL column types are inferred from each file's first block. When a later
+    block holds a value that type cannot hold (``1.5`` in an integer column), the column is
+    widened (integer to float, anything else to text), ``TypeWidened`` is raised, and the
+    caller starts again with ``schema()`` and ``batches()``.
+    """
+
+    def __init__(self, source: str, batch_rows: int = BATCH_ROWS) -> None:
+        self.source, self.shown, self.batch_rows = source, redact_url(source), batch_rows
+        self.widened: dict[str, pa.DataType] = {}
+        if source.startswith("sklearn:"):
+            self.fs, self.files = None, [source]
+        else:
+            self.fs, self.files = list_source_files(source)
+        self._schema: pa.Schema | None = None
+
+    def shown_file(self, path: str) -> str:
+        """A file's name as errors show it: secrets hidden."""
+        if self.fs is None or "://" not in self.source:
+            return path
+        return redact_url(self.fs.unstrip_protocol(path))  # type: ignore[attr-defined]
+
+    def schema(self) -> pa.Schema:
+        """The columns of every file, unified by name (types promoted where they differ)."""
+        if self._schema is None:
+            schemas = [self._file_schema(path) for path in self.files]
+            try:
+                schema = pa.unify_schemas(schemas, promote_options="permissive")
+            except pa.ArrowException as error:
+                message = f"{self.shown}: files do not share a schema: {error}"
+                raise AepipeError(message) from None
+            self._schema = schema.remove_metadata()
+        return self._schema
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Every row, file by file, as record batches of ``schema()``.
+
+        Raises:
+            TypeWidened: a column's type was widened; start again.
+            AepipeError: naming the file, when one cannot be read.
+        """
+        schema = self.schema()
+        for path in self.files:
+            for batch in self._file_batches(path):
+                yield conform(batch, schema)
+
+    # -- one file ------------------------------------------------------------------------
+
+    def _file_schema(self, path: str) -> pa.Schema:
+        if self.fs is None:
+            return demo_table(path).schema
+        if format_of(path) == "parquet":
+            with self._open(path) as handle:
+                return self._guard(path, lambda: pq.read_schema(handle))
+        reader = self._text_reader(path)
+        try:
+            return reader.schema
+        finally:
+            reader.close()
+
+    def _file_batches(self, path: str) -> Iterator[pa.RecordBatch]:
+        if self.fs is None:
+            yield from demo_table(path).to_batches(self.batch_rows)
+            return
+        if format_of(path) == "parquet":
+            with self._open(path) as handle:
+                file = self._guard(path, lambda: pq.ParquetFile(handle, pre_buffer=False))
+                yield from self._guard_iter(path, file.iter_batches(self.batch_rows))
+            return
+        reader = self._text_reader(path)
+        try:
+            yield from self._guard_iter(path, reader)
+        finally:
+            reader.close()
+
+    def _open(self, path: str):  # noqa: ANN202 - a file object of the source's filesystem
+        kind = format_of(path)
+        try:
+            compression = "infer" if kind != "parquet" else None
+            return self.fs.open(path, "rb", compression=compression)  # type: ignore[union-attr]
+        except OSError as error:
+            message = f"{self.shown_file(path)}: cannot open: {redact_url(str(error))}"
+            raise AepipeError(message) from None
+
+    def _text_reader(self, path: str) -> pa.RecordBatchReader:
+        import pyarrow.csv as pcsv
+        import pyarrow.json as pjson
+
+        handle = self._open(path)
+
+        def reader() -> pa.RecordBatchReader:
+            if format_of(path) == "csv":
+                return pcsv.open_csv(
                     handle,
-                    parse_options=pcsv.ParseOptions(delimiter=delimiter),
-                    convert_options=pcsv.ConvertOptions(strings_can_be_null=True),  # "" is missing
+                    read_options=pcsv.ReadOptions(block_size=TEXT_BLOCK),
+                    parse_options=pcsv.ParseOptions(
+                        delimiter="\t" if ".tsv" in path.lower() else ","
+                    ),
+                    convert_options=pcsv.ConvertOptions(
+                        strings_can_be_null=True,  # "" is missing
+                        column_types=self.widened,
+                    ),
                 )
-            return pjson.read_json(handle)
-    except (pa.ArrowException, OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        message = f"{shown}: cannot read as {kind.upper()}: {reason}"
-        raise AepipeError(message) from error
+            explicit = pa.schema(list(self.widened.items())) if self.widened else None
+            return pjson.open_json(
+                handle,
+                read_options=pjson.ReadOptions(block_size=TEXT_BLOCK),
+                parse_options=pjson.ParseOptions(
+                    explicit_schema=explicit, unexpected_field_behavior="infer"
+                ),
+            )
+
+        return self._guard(path, reader)
+
+    def _guard(self, path: str, read):  # noqa: ANN001, ANN202
+        try:
+            return read()
+        except (pa.ArrowException, OSError, ValueError) as error:
+            raise self._read_error(path, error) from None
+
+    def _guard_iter(self, path: str, batches: Iterator[pa.RecordBatch]) -> Iterator:
+        try:
+            yield from batches
+        except (pa.ArrowException, OSError, ValueError) as error:
+            raise self._read_error(path, error) from None
+
+    def _read_error(self, path: str, error: Exception) -> Exception:
+        """Widen the column a conversion error names, or say why the file is unreadable."""
+        text = str(error).strip()
+        found = _CONVERSION.search(text)
+        if found and ("conversion error" in text or "changed from" in text):
+            schema = self._file_schema(path)
+            name = schema.names[int(found[1])] if found[1] else found[2].lstrip("/")
+            current = self.widened.get(name) or (
+                schema.field(name).type if name in schema.names else pa.string()
+            )
+            if not pa.types.is_string(current):
+                self.widened[name] = pa.float64() if pa.types.is_integer(current) else pa.string()
+                self._schema = None
+                return TypeWidened(name)
+        reason = text.splitlines()[0] if text else type(error).__name__
+        kind = (format_of(path) or "file").upper()
+        message = f"{self.shown_file(path)}: cannot read as {kind}: {redact_url(reason)}"
+        return AepipeError(message)
 
 
-def _demo_table(name: str) -> pa.Table:
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Cast ``batch`` to ``schema``: columns by name, the missing ones all null."""
+    names = batch.schema.names
+    arrays = []
+    for field in schema:
+        if field.name in names:
+            column = batch.column(names.index(field.name))
+            arrays.append(column if column.type == field.type else column.cast(field.type))
+        else:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def demo_table(name: str) -> pa.Table:
+    """A bundled demo dataset as an Arrow table: ``sklearn:digits``."""
     from sklearn.datasets import load_digits
 
     if name != "sklearn:digits":
@@ -113,157 +253,80 @@ def _demo_table(name: str) -> pa.Table:
 
 
 def read_source(source: str) -> pa.Table:
-    """Read every file of a source into one Arrow table (columns unified by name)."""
-    if source.startswith("sklearn:"):
-        return _demo_table(source)
-    fs, files = list_source_files(source)
-    tables = []
-    for path in files:
-        shown = redact_url(fs.unstrip_protocol(path)) if "://" in source else path  # type: ignore[attr-defined]
-        tables.append(_read_file(fs, path, shown))
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except pa.ArrowException as error:
-        message = f"{redact_url(source)}: files do not share a schema: {error}"
-        raise AepipeError(message) from error
+    """Read every file of a source into one Arrow table (small sources, tests)."""
+    reader = Source(source)
+    for _ in range(64):
+        try:
+            return pa.Table.from_batches(list(reader.batches()), reader.schema())
+        except TypeWidened:
+            continue
+    message = f"{reader.shown}: column types keep changing; give a Parquet source"
+    raise AepipeError(message)
 
 
-def is_numeric(column_type: pa.DataType) -> bool:
-    """Return whether an Arrow type is a number (integers and floats)."""
-    return pa.types.is_integer(column_type) or pa.types.is_floating(column_type)
-
-
-def column_kind(column_type: pa.DataType) -> str | None:
-    """The kind of feature a column makes, from its Arrow type, or ``None`` when unusable.
-
-    ``numeric`` (integers, floats), ``boolean``, ``datetime`` (timestamps, dates) or
-    ``categorical`` (strings, dictionaries).
-    """
-    if pa.types.is_boolean(column_type):
-        return "boolean"
-    if is_numeric(column_type):
-        return "numeric"
-    if pa.types.is_timestamp(column_type) or pa.types.is_date(column_type):
-        return "datetime"
-    if pa.types.is_dictionary(column_type):
-        return column_kind(column_type.value_type) and "categorical"
-    if pa.types.is_string(column_type) or pa.types.is_large_string(column_type):
-        return "categorical"
-    return None
-
-
-def is_feature(column: pa.ChunkedArray) -> bool:
-    """Whether a column is a feature by default: a usable type, and not a key.
-
-    A string column with a different value in every row (a name, a key, free text) has
-    nothing to learn from; it stays in the raw data but is not a feature.
-    """
-    kind = column_kind(column.type)
-    if kind != "categorical":
-        return kind is not None
-    return len(column) < 2 or len(column.unique()) < len(column)
-
-
-def select_columns(table: pa.Table, config: DataConfig, shown: str) -> tuple[str, list[str]]:
-    """Check the id and label columns and pick the features; return ``(id column, features)``.
-
-    Raises:
-        AepipeError: naming the source and the column, when a column is missing or unusable.
-    """
-    names = table.column_names
-    listed = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
-    for role, column in (("id", config.id_col), ("label", config.label_col)):
-        if column is not None and column not in names:
-            message = f"{shown}: {role} column {column!r} not found (columns: {listed})"
-            raise AepipeError(message)
-    id_col = config.id_col or ROW_ID
-    if config.id_col is None and ROW_ID in names:
-        message = f"{shown}: column {ROW_ID!r} exists; pass it as the id column (--id-col)"
+def parquet_files(path: Path) -> list[Path]:
+    """The Parquet files of a file or folder, in name order (hidden files left out)."""
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
+    if not files:
+        message = f"{path}: no Parquet files; run the stage that writes it first"
         raise AepipeError(message)
-    roles = {config.id_col, config.label_col}
-    if config.features is not None:
-        features = list(config.features)
-        for column in features:
-            if column not in names:
-                message = f"{shown}: feature column {column!r} not found (columns: {listed})"
-                raise AepipeError(message)
-            if column_kind(table.schema.field(column).type) is None:
-                kind = table.schema.field(column).type
-                message = (
-                    f"{shown}: feature column {column!r} is {kind}, not numeric, boolean, "
-                    "datetime or string"
-                )
-                raise AepipeError(message)
-    else:
-        features = [n for n in names if n not in roles and is_feature(table.column(n))]
-    if not features:
-        message = f"{shown}: no usable feature columns (columns: {listed})"
-        raise AepipeError(message)
-    if config.id_col is not None:
-        ids = table.column(config.id_col)
-        if ids.null_count:
-            message = f"{shown}: id column {config.id_col!r} has {ids.null_count} empty values"
-            raise AepipeError(message)
-        if len(ids.unique()) != len(ids):
-            message = f"{shown}: id column {config.id_col!r} has duplicate values"
-            raise AepipeError(message)
-    return id_col, features
+    return files
 
 
-def ingest(config: DataConfig, out: Path) -> Path:
-    """Read the source, check its columns and write it to ``out`` as Parquet.
-
-    The rows are kept as they are; a stable int64 ``row_id`` (source order) is added
-    when no id column is given. The column roles go into the file's metadata.
-
-    Returns:
-        ``out``, the raw Parquet file.
-    """
-    shown = redact_url(config.source)
-    table = read_source(config.source)
-    if table.num_rows == 0:
-        message = f"{shown}: the source has no rows"
-        raise AepipeError(message)
-    id_col, features = select_columns(table, config, shown)
-    if config.id_col is None:
-        table = table.add_column(0, ROW_ID, pa.array(np.arange(table.num_rows), pa.int64()))
-    schema = {
-        "source": shown,
-        "id_col": id_col,
-        "label_col": config.label_col,
-        "features": features,
-        "types": {name: str(table.schema.field(name).type) for name in features},
-        "kinds": {name: column_kind(table.schema.field(name).type) for name in features},
-    }
-    metadata = {**(table.schema.metadata or {}), META_SCHEMA: json.dumps(schema).encode()}
-    write_parquet(table.replace_schema_metadata(metadata), out)
-    return out
-
-
-def read_schema(path: Path) -> dict:
-    """Return the column roles that ``ingest`` recorded in a raw file's metadata."""
-    metadata = pq.read_schema(path).metadata or {}
-    if META_SCHEMA not in metadata:
-        message = f"{path}: not written by aepipe ingest (no {META_SCHEMA.decode()} metadata)"
-        raise AepipeError(message)
-    return json.loads(metadata[META_SCHEMA])
+def count_rows(path: Path) -> int:
+    """The rows of a Parquet file or folder, from the footers."""
+    return sum(pq.read_metadata(p).num_rows for p in parquet_files(path))
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` that replaces it only when the block succeeds.
 
-    The temporary name starts with a dot, which Parquet readers skip.
+    The temporary name starts with a dot, which Parquet readers skip. It gets the mode
+    a new file gets (the user's umask).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     temporary = Path(name)
+    os.chmod(temporary, 0o666 & ~_umask())
     try:
         yield temporary
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces folder ``path`` when the block succeeds.
+
+    Leftovers of a crashed write (``.<name>.*.tmp`` beside ``path``) are removed first.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(temporary, 0o777 & ~_umask())
+    try:
+        yield temporary
+        if path.exists():
+            old = temporary.with_name(temporary.name.replace(".tmp", ".old.tmp"))
+            os.replace(path, old)
+            os.replace(temporary, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_parquet(
@@ -308,6 +371,20 @@ def write_json(data: Mapping, path: Path) -> Path:
     return path
 
 
+def data_digest(path: Path) -> str:
+    """DVC's version of a file or folder: the md5 of a file, ``<md5>.dir`` of a folder.
+
+    A folder's version is the md5 of DVC's listing of its files (relative path and md5,
+    sorted by path), the hash that dvc.lock records for a folder output.
+    """
+    if path.is_file():
+        return file_digest(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    listing = [{"md5": file_digest(p), "relpath": p.relative_to(path).as_posix()} for p in files]
+    encoded = json.dumps(listing, sort_keys=True).encode()
+    return hashlib.md5(encoded, usedforsecurity=False).hexdigest() + ".dir"
+
+
 def file_digest(path: Path, algorithm: str = "md5") -> str:
     """Return the hex digest of a file's bytes (md5 is what DVC records for a file)."""
     digest = hashlib.new(algorithm)
@@ -315,3 +392,42 @@ def file_digest(path: Path, algorithm: str = "md5") -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class PartWriter:
+    """Writes record batches into ``part-00000.parquet``, ``part-00001.parquet``... of a folder.
+
+    A file holds at most ``rows_per_file`` rows, so no file, and no write, grows with the
+    table; each batch becomes a row group.
+    """
+
+    def __init__(self, folder: Path, schema: pa.Schema, rows_per_file: int) -> None:
+        self.folder, self.schema, self.rows_per_file = folder, schema, rows_per_file
+        self.files: list[Path] = []
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._in_file = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Append rows, starting a new file whenever the current one is full."""
+        start = 0
+        while start < batch.num_rows:
+            if self._writer is None or self._in_file >= self.rows_per_file:
+                self._open()
+            take = min(batch.num_rows - start, self.rows_per_file - self._in_file)
+            self._writer.write(batch.slice(start, take))  # type: ignore[union-attr]
+            start, self._in_file, self.rows = start + take, self._in_file + take, self.rows + take
+
+    def _open(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.files.append(self.folder / f"part-{len(self.files):05d}.parquet")
+        self._writer = pq.ParquetWriter(self.files[-1], self.schema, compression="zstd")
+        self._in_file = 0
+
+    def close(self) -> list[Path]:
+        """Close the last file (an empty table gets one empty file); return the files."""
+        if self._writer is None:
+            self._open()
+        self._writer.close()  # type: ignore[union-attr]
+        return self.files

@@ -36,13 +36,13 @@ class Layout:
 
     @property
     def raw(self) -> Path:
-        """The ingested rows, untouched but for an added ``row_id``."""
-        return self.data / "raw" / self.dataset / "data.parquet"
+        """The ingested rows, untouched but for an added ``row_id``: a folder of Parquet files."""
+        return self.data / "raw" / self.dataset
 
     @property
     def processed(self) -> Path:
-        """Normalized float32 features with id, label and split columns."""
-        return self.data / "processed" / self.dataset / "features.parquet"
+        """Normalized float32 features with id, label and split columns: a folder of files."""
+        return self.data / "processed" / self.dataset / "features"
 
     @property
     def normalizer(self) -> Path:
@@ -91,7 +91,7 @@ class Layout:
 
     def stage_files(self) -> list[Path]:
         """Every file the stages wrote that DVC caches (metrics and plot data go to git)."""
-        fixed = [self.raw, self.processed, self.normalizer, self.model, self.history]
-        fixed.append(self.reference)
-        figures = sorted(p for p in self.figures.glob("*") if p.is_file())
-        return [p for p in (*fixed, *figures, self.partition("train")) if p.exists()]
+        folders = [self.raw, self.processed, self.figures]
+        files = [p for folder in folders for p in sorted(folder.glob("*")) if p.is_file()]
+        fixed = [self.normalizer, self.model, self.history, self.reference]
+        return [p for p in (*files, *fixed, self.partition("train")) if p.exists()]

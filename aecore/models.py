@@ -13,6 +13,8 @@ from aecore.config import ModelConfig
 from aecore.errors import AepipeError
 from aecore.io import atomic_path
 
+EVAL_BATCH = 65536  # rows per forward pass when only measuring
+
 
 def make_layers(widths: list[int]) -> nn.Sequential:
     """Linear layers of the given widths with GELU between them, none after the last."""

@@ -1,14 +1,21 @@
-"""Feature encoding fitted on the training split, and the normalize stage.
+"""Feature encoding fitted in one streaming pass over the training split; the normalize stage.
 
 Every source column becomes one block of model inputs: a scaled number (plus a 0/1
 missing indicator), five numbers for a datetime, or a one-hot block for a boolean or a
 categorical column (hashed into buckets above ``max_onehot`` categories).
+
+Memory does not grow with the table: means and variances are merged batch by batch
+(Chan et al.), minima and maxima are exact, category counts stop at ``max_onehot``, and
+medians and quartiles come from a uniform sample of ``sample_rows`` training rows (exact
+when the training split fits in it). The train/validation split is a function of the row
+id, so a rerun gives the same split without holding the rows.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,8 @@ import pyarrow.parquet as pq
 
 from aecore.config import NORMALIZE_METHODS, NormalizeConfig
 from aecore.errors import AepipeError
-from aecore.io import column_kind, read_schema, write_json, write_parquet
+from aecore.io import atomic_dir, count_rows, parquet_files, write_json
+from aecore.schema import META_SCHEMA, column_kind, read_schema
 
 SPLIT = "split"
 OTHER = "__other__"  # the one-hot slot of missing values and categories unseen in training
@@ -100,39 +108,13 @@ class Normalizer:
     def fit(self, data: Frame, source: str = "input") -> Normalizer:
         """Learn categories, medians, centres and scales from the training rows in ``data``."""
         data = as_arrow(data)
-        columns = [self._values(self._column(data, c, source), c, source) for c in self.columns]
-        self.codes = []
-        for name, values in zip(self.columns, columns, strict=True):
-            code: dict[str, Any] = {"kind": self.kinds[name]}
-            if code["kind"] in NUMBERS:
-                missing = np.isnan(values).any() if len(values) else False
-                code["indicator"] = bool(self.missing_indicator and missing)
-            else:
-                counts = pd.Series(values, dtype=object).value_counts(dropna=True)
-                if len(counts) <= self.max_onehot:
-                    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-                    code["categories"] = [value for value, _ in ordered]
-                else:
-                    code["buckets"] = self.hash_buckets
-            self.codes.append(code)
-        raw = self._encode(columns, data.num_rows)
-        scaled = self._scaled()
-        with np.errstate(all="ignore"):
-            median = np.nanmedian(raw, axis=0) if len(raw) else np.zeros(raw.shape[1])
-        median = np.where(np.isnan(median), 0.0, median)  # all-missing column: 0
-        x = np.where(np.isnan(raw), median, raw)
-        if self.method == "zscore":
-            center, scale = x.mean(axis=0), x.std(axis=0, ddof=0)
-        elif self.method == "minmax":
-            center, scale = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
-        else:
-            q25, center, q75 = np.percentile(x, [25, 50, 75], axis=0)
-            scale = q75 - q25
-        scale = np.where(scale > 1e-12 * np.maximum(np.abs(center), 1.0), scale, 1.0)
-        self.median_ = np.where(scaled, median, 0.0)
-        self.center_ = np.where(scaled, center, 0.0)
-        self.scale_ = np.where(scaled, scale, 1.0)
-        return self
+        fitting = NormalizerFit(self, sample_rows=max(data.num_rows, 1), source=source)
+        fitting.add(data, np.arange(data.num_rows, dtype=np.float64))
+        return fitting.finish()
+
+    def numbers(self, data: pa.Table | pa.RecordBatch, source: str) -> list[np.ndarray]:
+        """Each column's values as ``_values`` reads them, in the fitted order."""
+        return [self._values(self._column(data, c, source), c, source) for c in self.columns]
 
     def _scaled(self) -> np.ndarray:
         """Per model input: a number to scale, or a 0/1 (one-hot or missing indicator)."""
@@ -280,26 +262,237 @@ def one_hot(values: np.ndarray, code: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def split_rows(n: int, val_fraction: float, seed: int) -> np.ndarray:
-    """Return a boolean mask of the held-out rows: a seeded random ``val_fraction`` of ``n``."""
-    n_val = max(1, round(n * val_fraction)) if n > 1 else 0
-    is_val = np.zeros(n, dtype=bool)
-    is_val[np.random.default_rng(seed).permutation(n)[:n_val]] = True
-    return is_val
+class BottomK:
+    """The ``k`` rows with the smallest keys among all rows added: a uniform sample.
+
+    Keys are uniform hashes of the row ids (``split_keys``), so the sample is the same
+    whatever order the rows come in. Rows are tuples of arrays indexed alike; ``result``
+    returns them in the order they were added (by ``position``).
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.limit = np.inf  # once full, rows with a larger key cannot enter
+        self.seen = 0
+        self._keys: list[np.ndarray] = []
+        self._rows: list[tuple[np.ndarray, ...]] = []
+        self._size = 0
+
+    def add(self, keys: np.ndarray, *rows: np.ndarray) -> None:
+        """Offer rows with their keys; only those that can still be in the sample are kept."""
+        self.seen += len(keys)
+        if self.limit < np.inf:
+            keep = keys < self.limit
+            keys, rows = keys[keep], tuple(r[keep] for r in rows)
+        if not len(keys):
+            return
+        self._keys.append(keys)
+        self._rows.append(rows)
+        self._size += len(keys)
+        if self._size >= 2 * self.k:
+            self._compact()
+
+    def _compact(self) -> None:
+        keys = np.concatenate(self._keys)
+        rows = tuple(np.concatenate(parts) for parts in zip(*self._rows, strict=True))
+        if len(keys) > self.k:
+            chosen = np.argpartition(keys, self.k - 1)[: self.k]
+            keys, rows = keys[chosen], tuple(r[chosen] for r in rows)
+            self.limit = float(keys.max())
+        self._keys, self._rows, self._size = [keys], [rows], len(keys)
+
+    def result(self, position: int = 0) -> tuple[np.ndarray, ...]:
+        """The sampled rows, sorted by their array number ``position`` (e.g. row number)."""
+        if not self._keys:
+            return ()
+        self._compact()
+        rows = self._rows[0]
+        order = np.argsort(rows[position], kind="stable")
+        return tuple(r[order] for r in rows)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every row added is in the sample (the sample is the whole table)."""
+        return self.seen <= self.k
 
 
-def normalize(raw: Path, out: Path, normalizer_path: Path, config: NormalizeConfig) -> Path:
+def split_keys(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per row: a function of its id and ``seed`` only."""
+    values = ids.to_numpy(zero_copy_only=False)
+    if values.dtype.kind not in "iuf":
+        values = np.asarray(values, dtype=object)
+    hashed = pd.util.hash_array(values)
+    mixed = pd.util.hash_array(hashed ^ np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64)))
+    return (mixed >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+@dataclass(frozen=True)
+class Split:
+    """Rows whose key is below ``threshold`` are held out for validation."""
+
+    seed: int
+    threshold: float
+    train_rows: int
+    val_rows: int
+
+    def is_val(self, keys: np.ndarray) -> np.ndarray:
+        return keys < self.threshold
+
+
+def plan_split(raw: Path, id_col: str, config: NormalizeConfig) -> Split:
+    """Hold out the rows whose key is below ``val_fraction``, reading only the id column.
+
+    At least one row goes to each side: on a tiny table, the row with the smallest key
+    is held out, or the one with the largest is kept for training.
+    """
+    keys = np.concatenate(
+        [
+            split_keys(batch.column(0), config.seed)
+            for path in parquet_files(raw)
+            for batch in pq.ParquetFile(path).iter_batches(columns=[id_col])
+        ]
+        or [np.zeros(0)]
+    )
+    if len(keys) < 2:
+        message = f"{raw}: {len(keys)} rows are too few to hold out a validation split"
+        raise AepipeError(message)
+    threshold = config.val_fraction
+    n_val = int((keys < threshold).sum())
+    if n_val == 0:
+        threshold = float(np.nextafter(keys.min(), 1.0))
+    elif n_val == len(keys):
+        threshold = float(keys.max())
+    n_val = int((keys < threshold).sum())
+    return Split(config.seed, threshold, len(keys) - n_val, n_val)
+
+
+class NormalizerFit:
+    """Fits a ``Normalizer`` from record batches of training rows, in one pass.
+
+    Exact: category counts (up to ``max_onehot``), missing values, counts, means and
+    variances (merged with Chan's formula), minima and maxima. From a uniform sample of
+    ``sample_rows`` rows: the medians that impute missing values and the quartiles of
+    ``robust``; exact when every training row fits in the sample.
+    """
+
+    def __init__(self, normalizer: Normalizer, sample_rows: int, source: str = "input") -> None:
+        self.normalizer, self.source = normalizer, source
+        self.counts: list[dict[str, int] | None] = [
+            None if normalizer.kinds[c] in NUMBERS else {} for c in normalizer.columns
+        ]
+        self.missing = [False] * len(normalizer.columns)
+        self.sample = BottomK(sample_rows)
+        self.n = 0
+        self.n_obs = self.mean = self.m2 = self.low = self.high = None
+
+    def add(self, data: pa.Table | pa.RecordBatch, keys: np.ndarray) -> None:
+        """Fold training rows into the fit; ``keys`` are their ``split_keys``."""
+        normalizer = self.normalizer
+        numbers = []
+        for i, values in enumerate(normalizer.numbers(data, self.source)):
+            counts = self.counts[i]
+            if counts is None:
+                values = values.reshape(len(values), -1)
+                numbers.append(values)
+                self.missing[i] |= bool(np.isnan(values).any())
+            elif len(counts) <= normalizer.max_onehot:
+                batch = pd.Series(values, dtype=object).value_counts(dropna=True)
+                for value, count in batch.items():
+                    counts[value] = counts.get(value, 0) + int(count)
+        if not numbers:
+            self.n += data.num_rows
+            return
+        x = np.hstack(numbers)
+        self._moments(x)
+        self.sample.add(keys, x, np.arange(self.n, self.n + len(x)))
+        self.n += len(x)
+
+    def _moments(self, x: np.ndarray) -> None:
+        observed = ~np.isnan(x)
+        n_b = observed.sum(axis=0)
+        with np.errstate(all="ignore"):
+            mean_b = np.where(n_b > 0, np.nansum(x, axis=0) / np.maximum(n_b, 1), 0.0)
+            m2_b = np.nansum((x - mean_b) ** 2, axis=0)
+            low_b = np.where(n_b > 0, np.nanmin(np.where(observed, x, np.inf), axis=0), np.inf)
+            high_b = np.where(n_b > 0, np.nanmax(np.where(observed, x, -np.inf), axis=0), -np.inf)
+        if self.n_obs is None:
+            self.n_obs, self.mean, self.m2, self.low, self.high = n_b, mean_b, m2_b, low_b, high_b
+            return
+        n = self.n_obs + n_b
+        delta = mean_b - self.mean
+        share = np.where(n > 0, n_b / np.maximum(n, 1), 0.0)
+        self.mean = self.mean + delta * share
+        self.m2 = self.m2 + m2_b + delta**2 * self.n_obs * share
+        self.n_obs = n
+        self.low, self.high = np.minimum(self.low, low_b), np.maximum(self.high, high_b)
+
+    def finish(self) -> Normalizer:
+        """Set the normalizer's codes and its median, centre and scale per model input."""
+        normalizer = self.normalizer
+        normalizer.codes = []
+        for name, counts, missing in zip(
+            normalizer.columns, self.counts, self.missing, strict=True
+        ):
+            code: dict[str, Any] = {"kind": normalizer.kinds[name]}
+            if counts is None:
+                code["indicator"] = bool(normalizer.missing_indicator and missing)
+            elif len(counts) <= normalizer.max_onehot:
+                ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+                code["categories"] = [value for value, _ in ordered]
+            else:
+                code["buckets"] = normalizer.hash_buckets
+            normalizer.codes.append(code)
+        scaled = normalizer._scaled()
+        width = len(scaled)
+        median_, center_, scale_ = np.zeros(width), np.zeros(width), np.ones(width)
+        if self.n_obs is not None:
+            sample = self.sample.result(position=1)[0]
+            with np.errstate(all="ignore"):
+                median = np.nanmedian(sample, axis=0) if len(sample) else np.zeros(len(self.mean))
+            median = np.where(np.isnan(median), 0.0, median)  # all-missing column: 0
+            center, scale = self._center_and_scale(sample, median)
+            scale = np.where(scale > 1e-12 * np.maximum(np.abs(center), 1.0), scale, 1.0)
+            median_[scaled], center_[scaled], scale_[scaled] = median, center, scale
+        normalizer.median_, normalizer.center_, normalizer.scale_ = median_, center_, scale_
+        return normalizer
+
+    def _center_and_scale(
+        self, sample: np.ndarray, median: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Over the training rows with missing values imputed by ``median``."""
+        n, missing = self.n, self.n - self.n_obs
+        method = self.normalizer.method
+        if method == "zscore":
+            mean = (self.n_obs * self.mean + missing * median) / max(n, 1)
+            m2 = self.m2 + self.n_obs * missing / max(n, 1) * (self.mean - median) ** 2
+            return mean, np.sqrt(np.maximum(m2, 0.0) / max(n, 1))
+        if method == "minmax":
+            low = np.where(missing > 0, np.minimum(self.low, median), self.low)
+            high = np.where(missing > 0, np.maximum(self.high, median), self.high)
+            low, high = np.where(np.isfinite(low), low, 0.0), np.where(np.isfinite(high), high, 0.0)
+            return low, high - low
+        imputed = np.where(np.isnan(sample), median, sample)
+        if not len(imputed):
+            return np.zeros(len(median)), np.ones(len(median))
+        q25, center, q75 = np.percentile(imputed, [25, 50, 75], axis=0)
+        return center, q75 - q25
+
+
+def normalize(
+    raw: Path, out: Path, normalizer_path: Path, config: NormalizeConfig
+) -> dict[str, Any]:
     """Split the raw rows, fit the normalizer on the train split and encode every row.
 
-    Writes ``out`` (id, label, ``split`` and the float32 model inputs, whose names and
-    blocks go into its schema metadata) and the normalizer JSON.
+    Two streaming passes over ``raw``: the fit, then the encoding. Writes the folder
+    ``out`` (one Parquet file per raw file: id, label, ``split`` and the float32 model
+    inputs, whose names and blocks go into the schema metadata) and the normalizer JSON.
+
+    Returns:
+        A summary: rows, train and validation rows, model inputs, whether the medians
+        came from a sample.
     """
     schema = read_schema(raw)
-    table = pq.read_table(raw)
-    is_val = split_rows(table.num_rows, config.val_fraction, config.seed)
-    if is_val.all() or not is_val.any():
-        message = f"{raw}: {table.num_rows} rows are too few to hold out a validation split"
-        raise AepipeError(message)
+    split = plan_split(raw, schema["id_col"], config)
     normalizer = Normalizer(
         schema["features"],
         config.method,
@@ -307,15 +500,106 @@ def normalize(raw: Path, out: Path, normalizer_path: Path, config: NormalizeConf
         config.max_onehot,
         config.hash_buckets,
         config.missing_indicator,
-    ).fit(table.filter(pa.array(~is_val)), str(raw))
-    x = normalizer.transform(table, str(raw))
-    passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
-    columns = {c: table.column(c) for c in passthrough}
-    columns[SPLIT] = pa.array(np.where(is_val, "val", "train"))
-    encoded = normalizer.encoded
-    columns.update({name: pa.array(x[:, i]) for i, name in enumerate(encoded)})
-    schema |= {"encoded": encoded, "blocks": normalizer.blocks}
-    metadata = {**(pq.read_schema(raw).metadata or {}), b"aepipe.schema": json.dumps(schema)}
+    )
+    fitting = NormalizerFit(normalizer, config.sample_rows, str(raw))
+    columns = list(dict.fromkeys([schema["id_col"], *schema["features"]]))
+    for path in parquet_files(raw):
+        for batch in pq.ParquetFile(path).iter_batches(columns=columns):
+            keys = split_keys(batch.column(schema["id_col"]), split.seed)
+            train = ~split.is_val(keys)
+            fitting.add(batch.filter(pa.array(train)), keys[train])
+    fitting.finish()
+    schema |= {
+        "encoded": normalizer.encoded,
+        "blocks": normalizer.blocks,
+        "split": {"seed": split.seed, "threshold": split.threshold},
+    }
+    with atomic_dir(out) as folder:
+        for number, path in enumerate(parquet_files(raw)):
+            transform_file(path, folder / f"part-{number:05d}.parquet", normalizer, schema)
     normalizer.to_json(normalizer_path)
-    write_parquet(pa.table(columns).replace_schema_metadata(metadata), out)
+    return {
+        "rows": split.train_rows + split.val_rows,
+        "train_rows": split.train_rows,
+        "val_rows": split.val_rows,
+        "inputs": len(normalizer.encoded),
+        "normalize_sampled": not fitting.sample.complete,
+    }
+
+
+def transform_file(raw: Path, out: Path, normalizer: Normalizer, schema: dict) -> Path:
+    """Encode one raw file into one processed file, a record batch at a time."""
+    passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
+    seed, threshold = schema["split"]["seed"], schema["split"]["threshold"]
+    file = pq.ParquetFile(raw)
+    fields = [file.schema_arrow.field(c) for c in passthrough]
+    fields += [pa.field(SPLIT, pa.string())]
+    fields += [pa.field(name, pa.float32()) for name in schema["encoded"]]
+    out_schema = pa.schema(fields, metadata={META_SCHEMA: json.dumps(schema).encode()})
+    columns = list(dict.fromkeys([*passthrough, *schema["features"]]))
+    with pq.ParquetWriter(out, out_schema, compression="zstd") as parquet:
+        for batch in file.iter_batches(columns=columns):
+            x = normalizer.transform(batch, str(raw))
+            is_val = split_keys(batch.column(schema["id_col"]), seed) < threshold
+            arrays = [batch.column(c) for c in passthrough]
+            arrays.append(pa.array(np.where(is_val, "val", "train")))
+            arrays += [pa.array(x[:, i]) for i in range(x.shape[1])]
+            parquet.write_batch(pa.RecordBatch.from_arrays(arrays, schema=out_schema))
     return out
+
+
+@dataclass
+class Features:
+    """Model inputs read from the processed folder, with what identifies each row."""
+
+    x: np.ndarray  # (n, d) float32
+    is_val: np.ndarray  # (n,) bool
+    labels: np.ndarray | None
+    total: int  # the rows of the split(s) sampled from, in the whole table
+
+
+def iter_features(
+    processed: Path, columns: Sequence[str] = (), batch_rows: int = 65536
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    """Yield ``(batch of the extra columns, float32 model inputs)`` over every processed row."""
+    schema = read_schema(processed)
+    encoded = schema["encoded"]
+    for path in parquet_files(processed):
+        file = pq.ParquetFile(path)
+        for batch in file.iter_batches(batch_size=batch_rows, columns=[*columns, *encoded]):
+            width = len(columns)
+            x = np.empty((batch.num_rows, len(encoded)), np.float32)
+            for i in range(len(encoded)):
+                x[:, i] = batch.column(width + i).to_numpy()
+            yield batch.select(list(range(width))), x
+
+
+def load_features(
+    processed: Path, split: str | None = None, max_rows: int | None = None
+) -> Features:
+    """A uniform sample of at most ``max_rows`` processed rows of ``split`` (``train``/``val``).
+
+    The sample is the rows with the smallest split keys, in table order: the same rows on
+    every run, and every row when they fit. ``None`` reads every row of both splits.
+    """
+    schema = read_schema(processed)
+    label_col, seed = schema["label_col"], schema["split"]["seed"]
+    extra = [schema["id_col"], SPLIT, *([label_col] if label_col else [])]
+    sample = BottomK(max_rows or count_rows(processed))
+    position = 0
+    for batch, x in iter_features(processed, extra):
+        is_val = batch.column(1).to_numpy(zero_copy_only=False) == "val"
+        keys = split_keys(batch.column(0), seed)
+        rows = np.arange(position, position + len(x))
+        position += len(x)
+        labels = batch.column(2).to_numpy(zero_copy_only=False) if label_col else rows
+        chosen = np.ones(len(x), bool) if split is None else is_val == (split == "val")
+        if not chosen.all():
+            keys, x, is_val, labels, rows = (a[chosen] for a in (keys, x, is_val, labels, rows))
+        sample.add(keys, rows, x, is_val, labels)
+    result = sample.result(position=0)
+    if not result:
+        width = len(schema["encoded"])
+        result = (np.zeros(0, np.int64), np.zeros((0, width), np.float32), np.zeros(0, bool), None)
+    _, x, is_val, labels = result
+    return Features(x, is_val, labels if label_col else None, sample.seen)

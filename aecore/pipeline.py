@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aecore import evaluate, export, io, normalize, train
+from aecore import evaluate, export, io, normalize, schema, train
 from aecore.config import Params
 from aecore.layout import Layout
 
@@ -35,7 +35,7 @@ def run_stage(
         The stage function's result: a path, or the train or evaluate summary.
     """
     if name == "ingest":
-        return io.ingest(params.data, layout.raw)
+        return schema.ingest(params.data, layout.raw)
     if name == "normalize":
         return normalize.normalize(
             layout.raw, layout.processed, layout.normalizer, params.normalize
@@ -63,7 +63,7 @@ def run_stage(
             layout.partition("train"),
             params.export,
             metadata,
-            f"md5:{io.file_digest(layout.raw)}",
+            f"md5:{io.data_digest(layout.raw)}",
         )
     message = f"unknown stage {name!r}; one of {', '.join(STAGES)}"
     raise ValueError(message)

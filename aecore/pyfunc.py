@@ -14,10 +14,11 @@ import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
-from aecore.evaluate import encode_and_reconstruct, scorer_arrays
+from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns
 from aecore.models import load_model
 from aecore.normalize import Normalizer
+from aecore.scorer import AnomalyScorer
 
 ARTIFACTS = ("model", "normalizer", "scoring")
 
@@ -29,7 +30,8 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         """Load the weights, the normalizer and the threshold from the model's artifacts."""
         self.model = load_model(Path(context.artifacts["model"]))
         self.normalizer = Normalizer.from_json(Path(context.artifacts["normalizer"]))
-        self.reference = scorer_arrays(json.loads(Path(context.artifacts["scoring"]).read_text()))
+        self.reference = json.loads(Path(context.artifacts["scoring"]).read_text())
+        self.scorer = AnomalyScorer.from_dict(self.reference)
 
     def predict(
         self,
@@ -44,7 +46,7 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         """
         x = self.normalizer.transform(pd.DataFrame(model_input), source="model input")
         latents, feature_errors, kl = encode_and_reconstruct(self.model, x)
-        columns = latent_columns(latents, feature_errors, self.reference, kl=kl)
+        columns = latent_columns(latents, feature_errors, self.reference, self.scorer, kl=kl)
         return pd.DataFrame(
             {name: column.to_numpy(zero_copy_only=False) for name, column in columns.items()},
             index=model_input.index,

@@ -14,19 +14,12 @@ import pyarrow.parquet as pq
 from torch import nn
 
 from aecore.errors import AepipeError
-from aecore.evaluate import encode_and_reconstruct, scorer_arrays
-from aecore.export import latent_columns, stamp
-from aecore.io import (
-    ROW_ID,
-    atomic_path,
-    column_kind,
-    dictionary_columns,
-    format_of,
-    is_numeric,
-    list_source_files,
-    redact_url,
-)
+from aecore.evaluate import encode_and_reconstruct
+from aecore.export import latent_columns, latent_partition
+from aecore.io import format_of, list_source_files, redact_url
 from aecore.normalize import Normalizer
+from aecore.schema import ROW_ID, column_kind, is_numeric
+from aecore.scorer import AnomalyScorer
 
 # log-spaced bins for the running error histogram: p99 and drift without keeping rows
 HISTOGRAM_EDGES = np.concatenate([[0.0], np.logspace(-12, 12, 2401), [np.inf]])
@@ -155,20 +148,6 @@ def read_batches(
             yield from fragment.to_batches(columns=columns, batch_size=batch_rows)
 
 
-def write_row_groups(
-    writer: pq.ParquetWriter, pending: list[pa.Table], size: int, final: bool = False
-) -> list[pa.Table]:
-    """Write whole row groups of ``size`` rows from ``pending``; return the rest.
-
-    Record batches are smaller than a row group; writing each would make small groups.
-    """
-    table = pa.concat_tables(pending)
-    whole = table.num_rows if final else table.num_rows - table.num_rows % size
-    for start in range(0, whole, size):
-        writer.write_table(table.slice(start, min(size, whole - start)), row_group_size=size)
-    return [table.slice(whole)] if whole < table.num_rows else []
-
-
 def score_batch(
     source: str,
     model: nn.Module,
@@ -188,15 +167,13 @@ def score_batch(
         The batch's summary (metrics via ``summary.metrics(reference)``).
     """
     dataset, shown = open_batch(source)
-    reference = scorer_arrays(reference)
+    scorer = AnomalyScorer.from_dict(reference)
     summary = ScoreSummary(warnings=check_schema(dataset.schema, reference, shown))
     features, id_col, label_col = reference["features"], reference["id_col"], reference["label_col"]
     passthrough = [c for c in (id_col, label_col) if c and c in dataset.schema.names]
     threshold = float(reference["threshold"])
-    latent_dim = len(reference["latent_mean"])
-    stamped = stamp({**metadata, "threshold": repr(threshold), "latent_dim": latent_dim})
-    writer, pending = None, []
-    with atomic_path(out) as temporary:
+    info = {**metadata, "threshold": repr(threshold), "latent_dim": len(scorer.latent_mean_)}
+    with latent_partition(out, info, row_group_size) as writer:
         for batch in read_batches(dataset, [*passthrough, *features], batch_rows):
             if batch.num_rows == 0:
                 continue
@@ -206,26 +183,13 @@ def score_batch(
             if id_col == ROW_ID:
                 start = summary.rows
                 columns = {ROW_ID: pa.array(np.arange(start, start + batch.num_rows)), **columns}
-            scored = latent_columns(latents, feature_errors, reference, kl=kl)
-            table = pa.table({**columns, **scored})
-            if writer is None:
-                out_schema = table.schema.with_metadata(stamped)
-                writer = pq.ParquetWriter(
-                    temporary,
-                    out_schema,
-                    compression="zstd",
-                    use_dictionary=dictionary_columns(out_schema),
-                )
+            scored = latent_columns(latents, feature_errors, reference, scorer, kl=kl)
+            writer.write(pa.table({**columns, **scored}))
             errors = scored["recon_error"].to_numpy()
             summary.add(errors, latents, scored["is_anomaly"].to_numpy(zero_copy_only=False))
-            pending.append(table)
-            if sum(t.num_rows for t in pending) >= row_group_size:
-                pending = write_row_groups(writer, pending, row_group_size)
-        if writer is None:
+        if writer.rows == 0:
             message = f"{shown}: no rows to score"
             raise AepipeError(message)
-        write_row_groups(writer, pending, row_group_size, final=True)
-        writer.close()
     if math.isnan(summary.error_sum):
         summary.warnings.append(f"{shown}: some reconstruction errors are NaN")
     return summary

@@ -1,25 +1,29 @@
-"""The training loop and the train stage."""
+"""The training loop and the train stage: a bounded sample of rows, on the best device."""
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
 from aecore.config import ModelConfig, TrainConfig
 from aecore.errors import AepipeError
-from aecore.io import read_schema, write_json
-from aecore.models import build_model, save_model
+from aecore.io import write_json
+from aecore.models import EVAL_BATCH, build_model, save_model
+from aecore.normalize import load_features
+from aecore.schema import read_schema
 
 OnEpoch = Callable[[int, dict[str, float]], None]
-EVAL_BATCH = 65536  # rows per forward pass when only measuring
+STEPS_PER_EPOCH = 256  # a large table's batch grows until an epoch has at most this many steps
+CHECKPOINT_SECONDS = 30.0  # the best weights go to disk at most this often while training
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -44,16 +48,23 @@ def autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def on_device(x: Tensor, device: torch.device) -> Tensor:
+    """Move rows to ``device`` once: through pinned memory, without a sync, to a GPU."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 @torch.no_grad()
 def measure_loss(model: nn.Module, x: Tensor) -> float:
     """Mean reconstruction MSE of ``model`` over all rows of ``x``, in eval mode."""
     model.eval()
     device = next(model.parameters()).device
-    total = 0.0
+    total = torch.zeros((), device=device)
     for rows in x.split(EVAL_BATCH):
         with autocast(device):
-            total += float(model.loss(rows)) * len(rows)
-    return total / max(len(x), 1)
+            total += model.loss(rows).float() * len(rows)
+    return float(total) / max(len(x), 1)
 
 
 def trimmed_mean(losses: Tensor, trim: float) -> Tensor:
@@ -68,6 +79,21 @@ def trimmed_mean(losses: Tensor, trim: float) -> Tensor:
     return losses.topk(keep, largest=False, sorted=False).values.mean()
 
 
+def batch_plan(rows: int, config: TrainConfig) -> tuple[int, float]:
+    """The batch size and learning rate for ``rows`` training rows.
+
+    Small tables train at ``batch_size`` and ``learning_rate``. On a larger table the batch
+    doubles, up to ``max_batch_size``, until an epoch has at most ``STEPS_PER_EPOCH`` steps;
+    the learning rate grows with the square root of the batch (Adam's usual rule), so
+    large tables use the hardware's matrix units instead of one small step after another.
+    """
+    batch = config.batch_size
+    while batch < config.max_batch_size and rows / batch > STEPS_PER_EPOCH:
+        batch *= 2
+    batch = min(batch, config.max_batch_size)
+    return batch, config.learning_rate * math.sqrt(batch / config.batch_size)
+
+
 @dataclass
 class TrainResult:
     """The best model and how training went."""
@@ -77,6 +103,27 @@ class TrainResult:
     best_epoch: int = 0
     seconds: float = 0.0
     device: str = "cpu"
+    steps: int = 0
+    batch_size: int = 0
+    learning_rate: float = 0.0
+    stopped: str = "epochs"  # epochs | early_stopping | max_steps | max_minutes
+
+
+class BestWeights:
+    """A copy of the weights with the best validation loss, kept in preallocated tensors."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.saved_at, self.saved_epoch = -math.inf, -1
+
+    def keep(self) -> None:
+        with torch.no_grad():
+            for key, value in self.model.state_dict().items():
+                self.state[key].copy_(value)
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self.state)
 
 
 def train(
@@ -90,46 +137,69 @@ def train(
     """Fit ``model`` with Adam on mini-batches of ``x_train``; stop early on ``x_val``.
 
     Args:
-        model: an autoencoder with a ``loss(x)`` method.
+        model: an autoencoder with a ``row_loss(x)`` method.
         x_train: training rows ``(n, d)``; moved to the model's device once.
-        x_val: validation rows ``(m, d)`` used for early stopping.
-        config: epochs, batch size, learning rate, patience, seed.
+        x_val: validation rows ``(m, d)`` used for early stopping (keep it bounded).
+        config: epochs, batch size, learning rate, patience, budgets, seed.
         on_epoch: called after every epoch with ``{"train_loss", "val_loss"}``.
-        checkpoint: where the best weights are saved whenever ``val_loss`` improves.
+        checkpoint: where the best weights are saved, at most every
+            ``CHECKPOINT_SECONDS`` and at the end, so that saving never stalls the loop.
 
     Returns:
         A ``TrainResult`` holding the model with the best validation weights.
     """
     device = next(model.parameters()).device
-    x_train, x_val = x_train.to(device), x_val.to(device)
+    x_train, x_val = on_device(x_train, device), on_device(x_val, device)
+    batch_size, learning_rate = batch_plan(len(x_train), config)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        model.parameters(), lr=learning_rate, weight_decay=config.weight_decay
     )
     schedule = None
     if config.lr_schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    result = TrainResult(model=model, device=str(device))
-    best_loss, best_state, stale = float("inf"), None, 0
+    step = torch.compile(model.row_loss) if config.compile else model.row_loss
+    mixed = autocast(device) if device.type == "cuda" else contextlib.nullcontext()
+    result = TrainResult(
+        model=model, device=str(device), batch_size=batch_size, learning_rate=learning_rate
+    )
+    best, best_loss, stale = BestWeights(model), math.inf, 0
+    max_steps = config.max_steps or math.inf
+    deadline = config.max_minutes * 60 or math.inf
     start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
         model.epoch = epoch  # kinds with a schedule of their own read it (VAE KL warm-up)
-        total = 0.0
-        for rows in torch.randperm(len(x_train), generator=generator).split(config.batch_size):
-            batch = x_train[rows.to(device)]  # slice tensors, no per-row Dataset
-            with autocast(device):
-                loss = trimmed_mean(model.row_loss(batch), config.trim_fraction)
+        total = torch.zeros((), device=device)
+        seen = 0
+        order = torch.randperm(len(x_train), generator=generator).to(device)
+        for rows in order.split(batch_size):
+            batch = x_train[rows]  # slice tensors, no per-row Dataset
+            with mixed:
+                losses = step(batch)
+            loss = (
+                losses.mean()
+                if not config.trim_fraction
+                else trimmed_mean(losses, config.trim_fraction)
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             total += loss.detach() * len(rows)
+            seen += len(rows)
+            result.steps += 1
+            if result.steps >= max_steps:
+                result.stopped = "max_steps"
+                break
+            if result.steps % 16 == 0 and time.perf_counter() - start >= deadline:
+                result.stopped = "max_minutes"
+                break
         if schedule:
             schedule.step()
         metrics = {
-            "train_loss": float(total) / len(x_train),
+            "train_loss": float(total) / max(seen, 1),
             "val_loss": measure_loss(model, x_val),
         }
         if not np.isfinite(metrics["train_loss"]):
@@ -139,32 +209,23 @@ def train(
         if on_epoch:
             on_epoch(epoch, metrics)
         if metrics["val_loss"] < best_loss:
-            best_loss, best_state, stale = metrics["val_loss"], copy.deepcopy(model.state_dict()), 0
-            result.best_epoch = epoch
-            if checkpoint:
+            best_loss, stale, result.best_epoch = metrics["val_loss"], 0, epoch
+            best.keep()
+            if checkpoint and time.perf_counter() - best.saved_at >= CHECKPOINT_SECONDS:
                 save_model(model, checkpoint)
+                best.saved_at, best.saved_epoch = time.perf_counter(), epoch
         else:
             stale += 1
             if stale >= config.patience:
-                break
+                result.stopped = "early_stopping"
+        if result.stopped != "epochs":
+            break
     result.seconds = time.perf_counter() - start
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    best.restore()
     model.eval()
+    if checkpoint and best.saved_epoch != result.best_epoch:
+        save_model(model, checkpoint)
     return result
-
-
-def load_features(processed: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Return ``(x, is_val, schema)`` from a processed table: float32 ``(n, d)`` model inputs.
-
-    ``schema["features"]`` names the source columns, ``schema["blocks"]`` their inputs.
-    """
-    schema = read_schema(processed)
-    table = pq.read_table(processed)
-    columns = [table.column(c).to_numpy() for c in schema["encoded"]]
-    x = np.column_stack(columns).astype(np.float32) if columns else np.zeros((len(table), 0))
-    is_val = table.column("split").to_numpy(zero_copy_only=False) == "val"
-    return x, is_val, schema
 
 
 def fit_autoencoder(
@@ -174,31 +235,51 @@ def fit_autoencoder(
     model_config: ModelConfig,
     train_config: TrainConfig,
     on_epoch: OnEpoch | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The train stage: build a model for the processed features, train it and save it.
 
+    Trains on every training row, or on a uniform sample of ``train.max_rows`` of them
+    when there are more; stops early on a fixed sample of ``train.max_val_rows``
+    validation rows. Memory is bounded by these two, whatever the table's size.
+
     Returns:
-        A summary: ``best_val_loss``, ``epochs_run``, ``train_seconds``, ``train_rows_per_s``.
+        A summary: ``best_val_loss``, ``epochs_run``, ``train_seconds``,
+        ``train_rows_per_s``, the rows used and whether they were a sample, the batch size
+        and learning rate used, the steps, and why training stopped.
     """
-    x, is_val, schema = load_features(processed)
+    schema = read_schema(processed)
+    train_rows = load_features(processed, "train", train_config.max_rows)
+    val_rows = load_features(processed, "val", train_config.max_val_rows)
+    d = train_rows.x.shape[1]
     device = select_device(train_config.device)
     torch.manual_seed(train_config.seed)
-    model = build_model(model_config, x.shape[1], schema["blocks"]).to(device)
+    model = build_model(model_config, d, schema["blocks"]).to(device)
     result = train(
         model,
-        torch.from_numpy(x[~is_val]),
-        torch.from_numpy(x[is_val]),
+        torch.from_numpy(train_rows.x),
+        torch.from_numpy(val_rows.x),
         train_config,
         on_epoch=on_epoch,
         checkpoint=model_path,
     )
     save_model(result.model, model_path)
+    rows_seen = result.steps * result.batch_size
     summary = {
         "best_epoch": result.best_epoch,
         "best_val_loss": result.history[result.best_epoch]["val_loss"],
         "epochs_run": len(result.history),
+        "steps": result.steps,
+        "stopped": result.stopped,
         "train_seconds": result.seconds,
-        "train_rows_per_s": int((~is_val).sum()) * len(result.history) / max(result.seconds, 1e-9),
+        "train_rows_per_s": min(rows_seen, len(train_rows.x) * len(result.history))
+        / max(result.seconds, 1e-9),
+        "train_rows": len(train_rows.x),
+        "train_rows_total": train_rows.total,
+        "train_sampled": len(train_rows.x) < train_rows.total,
+        "val_rows": len(val_rows.x),
+        "val_rows_total": val_rows.total,
+        "batch_size": result.batch_size,
+        "learning_rate": result.learning_rate,
         "device": result.device,
     }
     write_json({"summary": summary, "epochs": result.history}, history_path)

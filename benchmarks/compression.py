@@ -22,8 +22,8 @@ import pandas as pd
 from aecore.config import load_params
 from aecore.evaluate import pca_baseline_mse
 from aecore.layout import Layout
+from aecore.normalize import load_features
 from aecore.pipeline import STAGES, run_stage
-from aecore.train import load_features
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {("digits", 8): 0.5, ("musk", 16): 0.8}
@@ -46,10 +46,16 @@ def measure(name: str, source: str, label: str | None, k: int, root: Path) -> tu
     layout = Layout(root, name)
     for stage in STAGES:
         run_stage(stage, params, layout, metadata={})
-    x, is_val, _ = load_features(layout.processed)
+    features = load_features(layout.processed)
+    x, is_val = features.x, features.is_val
     ae = float(pd.read_json(layout.metrics, typ="series")["recon_mse"])
     pca = pca_baseline_mse(x[~is_val], x[is_val], k)
-    return ae, pca, layout.raw.stat().st_size, layout.partition("train").stat().st_size
+    return (
+        ae,
+        pca,
+        sum(p.stat().st_size for p in layout.raw.glob("*.parquet")),
+        layout.partition("train").stat().st_size,
+    )
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from compression import COMPRESSION  # this folder: the one compression configuration
 
-from aecore import evaluate, io, normalize, train
+from aecore import evaluate, normalize, schema, train
 from aecore.config import load_params
 from aecore.layout import Layout
 from aecore.models import load_model
@@ -33,7 +33,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         layout = Layout(Path(folder), "digits")
-        io.ingest(params.data, layout.raw)
+        schema.ingest(params.data, layout.raw)
         for seed in SEEDS:
             split = dataclasses.replace(params.normalize, seed=seed)
             normalize.normalize(layout.raw, layout.processed, layout.normalizer, split)
@@ -46,7 +46,8 @@ def main() -> int:
                 dataclasses.replace(params.train, seed=seed),
             )
             seconds = time.perf_counter() - start
-            x, is_val, _ = train.load_features(layout.processed)
+            features = normalize.load_features(layout.processed)
+            x, is_val = features.x, features.is_val
             k = load_model(layout.model).k  # params' latent_dim, or sized from the inputs
             pca = evaluate.pca_baseline_mse(x[~is_val], x[is_val], k)
             rows.append((seed, fit["best_val_loss"], pca, fit["epochs_run"], seconds))

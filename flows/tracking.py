@@ -148,10 +148,12 @@ def input_example(layout: Layout, rows: int = 5) -> pd.DataFrame:
     """The first raw rows' feature columns: the registered model's input example."""
     import pyarrow.parquet as pq
 
-    from aecore.io import read_schema
+    from aecore.io import parquet_files
+    from aecore.schema import read_schema
 
     features = read_schema(layout.raw)["features"]
-    batches = pq.ParquetFile(layout.raw).iter_batches(batch_size=rows, columns=features)
+    first = parquet_files(layout.raw)[0]
+    batches = pq.ParquetFile(first).iter_batches(batch_size=rows, columns=features)
     return next(batches).to_pandas()
 
 
@@ -188,7 +190,7 @@ def publish(
         "epochs_run": fit["epochs_run"],
         "train_rows_per_s": fit["train_rows_per_s"],
         "latent_bytes": table.stat().st_size,
-        "compression_ratio": layout.raw.stat().st_size / table.stat().st_size,
+        "compression_ratio": folder_bytes(layout.raw) / table.stat().st_size,
         **{f"seconds_{stage}": value for stage, value in seconds.items()},
     }
     log_outputs(layout, final)
@@ -203,6 +205,11 @@ def publish(
         "champion": champion,
         "device": fit["device"],
     }
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files in ``folder``."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def log_model(layout: Layout, example: pd.DataFrame) -> str:

@@ -7,6 +7,8 @@ hash that dvc.lock records and the name of the object in DVC's cache and remotes
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aecore.errors import AepipeError
-from aecore.io import atomic_path, file_digest
+from aecore.io import atomic_dir, atomic_path, data_digest, file_digest
 from aecore.layout import Layout
 
 # MLflow tags naming a run's data: the md5 and the path of each versioned file
@@ -82,6 +84,26 @@ def cache_file(repo, path: Path) -> str:  # noqa: ANN001
     return md5
 
 
+def cache_folder(repo, folder: Path, digests: Mapping[Path, str]) -> str:  # noqa: ANN001
+    """Put DVC's listing of ``folder`` into the cache (its files are cached); return its hash."""
+    import tempfile
+
+    from dvc_objects.fs import LocalFileSystem
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    listing = [
+        {"md5": digests.get(p) or file_digest(p), "relpath": p.relative_to(folder).as_posix()}
+        for p in files
+    ]
+    encoded = json.dumps(listing, sort_keys=True).encode()
+    oid = hashlib.md5(encoded, usedforsecurity=False).hexdigest() + ".dir"
+    with tempfile.NamedTemporaryFile(suffix=".dir") as handle:
+        handle.write(encoded)
+        handle.flush()
+        repo.cache.local.add(handle.name, LocalFileSystem(), oid)
+    return oid
+
+
 def push(repo, md5s: list[str]) -> str | None:  # noqa: ANN001
     """Push cached objects to the default remote; return a warning when that fails."""
     from dvc.exceptions import DvcException
@@ -124,7 +146,7 @@ def data_tags(
     tags = {}
     for name, path in (("raw", layout.raw), ("latents", layout.partition("train"))):
         md5_tag, path_tag = TAGS[name]
-        tags[md5_tag] = (digests or {}).get(path) or file_digest(path)
+        tags[md5_tag] = (digests or {}).get(path) or data_digest(path)
         tags[path_tag] = str(path.relative_to(root))
     return tags
 
@@ -162,6 +184,7 @@ def record(root: Path, layout: Layout, pipeline_matches: bool) -> Record:
         return result
     with repo, contextlib.chdir(root):  # DVC resolves some paths against the cwd
         digests = {path: cache_file(repo, path) for path in layout.stage_files()}
+        digests[layout.raw] = cache_folder(repo, layout.raw, digests)
         if pipeline_matches:
             repo.commit(None, force=True)
         warning = push(repo, list(digests.values()))
@@ -202,9 +225,38 @@ def restore(root: Path, tags: dict[str, str]) -> list[Path]:
                         f"{tags[path_tag]}: version {md5} is neither in the cache nor on the remote"
                     )
                     raise AepipeError(message)
-            if path.exists() and file_digest(path) != md5:
-                cache_file(repo, path)  # keep what is there now
-            with atomic_path(path) as temporary:
-                shutil.copyfile(source, temporary)
+            if md5.endswith(".dir"):
+                restore_folder(repo, source, path)
+            else:
+                if path.exists() and file_digest(path) != md5:
+                    cache_file(repo, path)  # keep what is there now
+                with atomic_path(path) as temporary:
+                    shutil.copyfile(source, temporary)
             restored.append(path)
     return restored
+
+
+def restore_folder(repo, listing: Path, folder: Path) -> None:  # noqa: ANN001
+    """Put back the files of a folder from DVC's listing ``listing``; keep what is there now."""
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    if folder.is_dir():
+        for path in folder.rglob("*"):
+            if path.is_file():
+                cache_file(repo, path)
+    entries = json.loads(listing.read_text())
+    missing = [
+        e["md5"] for e in entries if not Path(repo.cache.local.oid_to_path(e["md5"])).exists()
+    ]
+    if missing:
+        result = repo.cloud.pull([HashInfo("md5", md5) for md5 in missing])
+        if result.failed:
+            message = (
+                f"{folder}: {len(result.failed)} files are neither in the cache nor on the remote"
+            )
+            raise AepipeError(message)
+    with atomic_dir(folder) as temporary:
+        for entry in entries:
+            target = temporary / entry["relpath"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(repo.cache.local.oid_to_path(entry["md5"]), target)

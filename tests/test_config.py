@@ -20,6 +20,7 @@ def test_defaults_load_and_flatten(params):
         "evaluate",
         "export",
         "score",
+        "orchestration",
         "schedule",
     }
 

@@ -5,16 +5,23 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from aecore.evaluate import (
     anomaly_metrics,
-    anomaly_scores,
     binary_labels,
     encode_and_reconstruct,
-    fit_scorer,
     fit_threshold,
     pca_baseline_mse,
     row_errors,
 )
 from aecore.models import DenseAutoencoder, VariationalAutoencoder, kl_divergence
+from aecore.scorer import AnomalyScorer
 from aecore.train import train
+
+
+def fit_scorer(latents, errors, latent_weight, trim=0.0, kl=None, kl_weight=0.0):
+    return AnomalyScorer(latent_weight, kl_weight, trim).fit(latents, errors, kl)
+
+
+def anomaly_scores(latents, errors, scorer, kl=None):
+    return scorer.score(latents, errors, kl)
 
 
 def test_pca_baseline_matches_a_direct_svd():
@@ -118,13 +125,13 @@ def test_score_fit_leaves_the_anomalies_in_the_training_rows_out():
     plain = fit_scorer(latents, errors, latent_weight=0.5)
     trimmed = fit_scorer(latents, errors, latent_weight=0.5, trim=0.2)
     # untrimmed, the anomalies inflate the column scales and widen the latent covariance
-    assert np.min(np.divide(plain["column_scale"], clean["column_scale"])) > 2
-    np.testing.assert_allclose(trimmed["column_scale"], clean["column_scale"], rtol=0.2)
-    np.testing.assert_allclose(trimmed["latent_mean"], clean["latent_mean"], atol=0.2)
+    assert np.min(np.divide(plain.column_scale_, clean.column_scale_)) > 2
+    np.testing.assert_allclose(trimmed.column_scale_, clean.column_scale_, rtol=0.2)
+    np.testing.assert_allclose(trimmed.latent_mean_, clean.latent_mean_, atol=0.2)
     # so the anomalies score far higher against the inliers than without trimming
     normal, anomalous = slice(150, None), slice(None, 150)
 
-    def margin(scorer: dict) -> float:
+    def margin(scorer: AnomalyScorer) -> float:
         scores = anomaly_scores(latents, errors, scorer)
         return float(np.median(scores[anomalous]) / np.median(scores[normal]))
 
@@ -138,10 +145,10 @@ def test_score_fit_survives_broken_rows_and_tiny_tables():
     errors[7, 1] = np.nan  # one broken row: trimmed first, not spread to every moment
     scorer = fit_scorer(latents, errors, latent_weight=0.5, trim=0.2)
     for key in ("column_scale", "latent_mean", "latent_precision"):
-        assert np.isfinite(scorer[key]).all(), key
+        assert np.isfinite(getattr(scorer, f"{key}_")).all(), key
     for n in (1, 2, 3):  # too few rows to refit a covariance: the first fit stands
         tiny = fit_scorer(latents[:n], errors[:n], latent_weight=0.5, trim=0.2)
-        assert tiny == fit_scorer(latents[:n], errors[:n], latent_weight=0.5)
+        assert tiny.to_dict() == fit_scorer(latents[:n], errors[:n], latent_weight=0.5).to_dict()
     with pytest.raises(ValueError, match="pass the training rows' kl"):
         fit_scorer(latents, errors, latent_weight=0.5, kl_weight=0.3)
 
@@ -150,7 +157,9 @@ def test_references_of_older_models_still_score():
     generator = np.random.default_rng(9)
     latents, errors = generator.normal(size=(50, 2)), np.abs(generator.normal(size=(50, 3)))
     scorer = fit_scorer(latents, errors, latent_weight=0.5)
-    older = {k: v for k, v in scorer.items() if k not in ("kl_weight", "kl_scale")}
+    older = AnomalyScorer.from_dict(
+        {k: v for k, v in scorer.to_dict().items() if k not in ("kl_weight", "kl_scale")}
+    )
     np.testing.assert_array_equal(
         anomaly_scores(latents, errors, older), anomaly_scores(latents, errors, scorer)
     )
@@ -172,7 +181,7 @@ def test_vae_score_adds_its_kl_divergence_when_asked():
 
     without = fit_scorer(latents, errors, latent_weight=0.5)
     with_kl = fit_scorer(latents, errors, latent_weight=0.5, kl=kl, kl_weight=0.3)
-    assert with_kl["kl_scale"] == pytest.approx(kl.mean(), rel=1e-6)
+    assert with_kl.kl_scale_ == pytest.approx(kl.mean(), rel=1e-6)
     np.testing.assert_allclose(
         anomaly_scores(latents, errors, with_kl, kl=kl),
         anomaly_scores(latents, errors, without) + 0.3 * kl / kl.mean(),

@@ -12,12 +12,14 @@ import pytest
 
 from aecore import io
 from aecore.config import DataConfig, ExportConfig, NormalizeConfig
-from aecore.evaluate import encode_and_reconstruct, fit_scorer, row_errors, scoring_reference
+from aecore.evaluate import encode_and_reconstruct, row_errors, scoring_reference
 from aecore.export import export, read_metadata
 from aecore.layout import Layout
 from aecore.models import load_model
-from aecore.normalize import Normalizer, normalize
-from aecore.train import fit_autoencoder, load_features
+from aecore.normalize import Normalizer, load_features, normalize
+from aecore.schema import ingest, read_schema
+from aecore.scorer import AnomalyScorer
+from aecore.train import fit_autoencoder
 
 
 @pytest.fixture
@@ -26,12 +28,12 @@ def trained(tmp_path, frame, params):
     layout = Layout(tmp_path, "t")
     source = tmp_path / "t.parquet"
     frame.to_parquet(source)
-    io.ingest(DataConfig("t", str(source), "id", "label", None, None), layout.raw)
+    ingest(DataConfig("t", str(source), "id", "label", None, None), layout.raw)
     normalize(
         layout.raw,
         layout.processed,
         layout.normalizer,
-        NormalizeConfig("zscore", 0.2, 0, 20, 16, True),
+        NormalizeConfig("zscore", 0.2, 0, 20, 16, True, 262144),
     )
     model = dataclasses.replace(params.model, latent_dim=3)
     fit_autoencoder(
@@ -41,9 +43,10 @@ def trained(tmp_path, frame, params):
         model,
         dataclasses.replace(params.train, epochs=5, device="cpu"),
     )
-    x, is_val, schema = load_features(layout.processed)
+    features = load_features(layout.processed)
+    x, is_val, schema = features.x, features.is_val, read_schema(layout.processed)
     latents, errors, _ = encode_and_reconstruct(load_model(layout.model), x)
-    scorer = fit_scorer(latents[~is_val], errors[~is_val], latent_weight=0.5)
+    scorer = AnomalyScorer(latent_weight=0.5).fit(latents[~is_val], errors[~is_val])
     reference = scoring_reference(schema, 0.5, row_errors(errors[is_val]), scorer)
     io.write_json(reference, layout.reference)
     return layout
@@ -105,7 +108,8 @@ def test_scores_match_an_independent_recomputation(trained, frame):
     latents, feature_errors, _ = encode_and_reconstruct(model, normalizer.transform(frame))
     np.testing.assert_allclose(table[["z0", "z1", "z2"]].to_numpy(), latents, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(table["recon_error"], row_errors(feature_errors), rtol=1e-5)
-    x, is_val, _ = load_features(trained.processed)
+    features = load_features(trained.processed)
+    x, is_val = features.x, features.is_val
     np.testing.assert_allclose(x, normalizer.transform(frame))
     # the anomaly score, from its definition: scaled errors and latent Mahalanobis distance
     train_errors, train_z = feature_errors[~is_val], latents[~is_val].astype(np.float64)

@@ -121,7 +121,7 @@ def test_registered_champion_predicts_the_table(digits_project):
     assert second["model_version"] == str(int(first["model_version"]) + 1)
     # the latest table is the second run's: load that exact model and compare
     model = mlflow.pyfunc.load_model(second["model_uri"])
-    raw = pd.read_parquet(root / "data/raw/digits/data.parquet")
+    raw = pd.read_parquet(root / "data/raw/digits")
     table = pd.read_parquet(root / "data/latents/digits/batch=train/part-0.parquet")
     sample = raw.sample(64, random_state=0)
     predicted = model.predict(sample.drop(columns=["row_id", "target"]))

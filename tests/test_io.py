@@ -8,6 +8,7 @@ import pytest
 from aecore import io
 from aecore.config import DataConfig
 from aecore.errors import AepipeError
+from aecore.schema import ingest, read_schema
 
 
 def data_config(source, **changes) -> DataConfig:
@@ -25,11 +26,11 @@ def data_config(source, **changes) -> DataConfig:
 def test_ingest_csv_adds_row_id_and_records_roles(tmp_path, frame):
     source = tmp_path / "t.csv"
     frame.drop(columns="id").to_csv(source, index=False)
-    out = io.ingest(data_config(source, label_col="label"), tmp_path / "raw.parquet")
+    out = ingest(data_config(source, label_col="label"), tmp_path / "raw")
     table = pq.read_table(out)
     assert table.column("row_id").to_pylist() == list(range(200))
     assert table.column("name").to_pylist()[3] == "row 3"  # raw rows are kept whole
-    schema = io.read_schema(out)
+    schema = read_schema(out)
     assert schema["features"] == ["a", "b", "c", "d", "constant"]  # numeric, no label
     assert (schema["id_col"], schema["label_col"]) == ("row_id", "label")
 
@@ -43,11 +44,11 @@ def test_ingest_formats_and_id_column(tmp_path, frame, kind):
         frame.to_json(source, orient="records", lines=True)
     else:
         frame.to_csv(source, index=False, compression="gzip")
-    out = io.ingest(data_config(source, id_col="id"), tmp_path / "raw.parquet")
+    out = ingest(data_config(source, id_col="id"), tmp_path / "raw")
     back = pd.read_parquet(out)
     assert "row_id" not in back.columns
     assert back["id"].tolist() == frame["id"].tolist()
-    assert io.read_schema(out)["features"] == ["a", "b", "c", "d", "constant", "label"]
+    assert read_schema(out)["features"] == ["a", "b", "c", "d", "constant", "label"]
 
 
 def test_ingest_folder_and_glob_in_file_order(tmp_path, frame):
@@ -57,21 +58,21 @@ def test_ingest_folder_and_glob_in_file_order(tmp_path, frame):
     frame.iloc[120:].to_parquet(folder / "p2.parquet")
     (folder / "notes.txt").write_text("ignored")
     for source in (folder, f"{folder}/*.*"):
-        back = pd.read_parquet(io.ingest(data_config(source, id_col="id"), tmp_path / "r.parquet"))
+        back = pd.read_parquet(ingest(data_config(source, id_col="id"), tmp_path / "r"))
         assert back["id"].tolist() == frame["id"].tolist()
 
 
 def test_ingest_fsspec_url(tmp_path, frame):
     with fsspec.open("memory://bucket/t.parquet", "wb") as handle:
         frame.to_parquet(handle)
-    out = io.ingest(data_config("memory://bucket/t.parquet"), tmp_path / "r.parquet")
-    assert pq.read_metadata(out).num_rows == 200
+    out = ingest(data_config("memory://bucket/t.parquet"), tmp_path / "r")
+    assert io.count_rows(out) == 200
 
 
 def test_demo_source_is_digits(tmp_path):
-    out = io.ingest(data_config("sklearn:digits", label_col="target"), tmp_path / "r.parquet")
-    assert pq.read_metadata(out).num_rows == 1797
-    assert len(io.read_schema(out)["features"]) == 64
+    out = ingest(data_config("sklearn:digits", label_col="target"), tmp_path / "r")
+    assert io.count_rows(out) == 1797
+    assert len(read_schema(out)["features"]) == 64
 
 
 @pytest.mark.parametrize(
@@ -86,8 +87,9 @@ def test_bad_columns_name_file_and_column(tmp_path, frame, changes, pattern):
     source = tmp_path / "t.csv"
     frame.assign(a=1.0).to_csv(source, index=False)
     with pytest.raises(AepipeError, match=pattern):
-        io.ingest(data_config(source, **changes), tmp_path / "raw.parquet")
-    assert not (tmp_path / "raw.parquet").exists()
+        ingest(data_config(source, **changes), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    assert list(tmp_path.glob(".raw*")) == []  # no leftovers
 
 
 def test_no_usable_columns(tmp_path):
@@ -96,25 +98,25 @@ def test_no_usable_columns(tmp_path):
     with pytest.raises(
         AepipeError, match=r"words.csv: no usable feature columns \(columns: w, v\)"
     ):
-        io.ingest(data_config(source), tmp_path / "raw.parquet")
+        ingest(data_config(source), tmp_path / "raw")
 
 
 def test_nested_column_is_refused_by_name(tmp_path):
     source = tmp_path / "nested.jsonl"
     source.write_text('{"a": 1.0, "tags": [1, 2]}\n{"a": 2.0, "tags": [3]}\n')
     with pytest.raises(AepipeError, match=r"nested.jsonl: feature column 'tags' is list<"):
-        io.ingest(data_config(source, features=("a", "tags")), tmp_path / "raw.parquet")
-    schema = io.read_schema(io.ingest(data_config(source), tmp_path / "raw.parquet"))
+        ingest(data_config(source, features=("a", "tags")), tmp_path / "raw")
+    schema = read_schema(ingest(data_config(source), tmp_path / "raw"))
     assert schema["features"] == ["a"]  # by default, unusable columns are left out
 
 
 def test_missing_and_unreadable_files(tmp_path):
     with pytest.raises(AepipeError, match=r"nope.csv: no such file or directory"):
-        io.ingest(data_config(tmp_path / "nope.csv"), tmp_path / "raw.parquet")
+        ingest(data_config(tmp_path / "nope.csv"), tmp_path / "raw")
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not parquet at all")
     with pytest.raises(AepipeError, match=r"broken.parquet: cannot read as PARQUET") as error:
-        io.ingest(data_config(broken), tmp_path / "raw.parquet")
+        ingest(data_config(broken), tmp_path / "raw")
     assert "\n" not in str(error.value)
 
 
@@ -136,9 +138,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 
 def test_errors_never_show_url_secrets(tmp_path):
     with pytest.raises(AepipeError) as error:
-        io.ingest(
-            data_config("memory://key:secret@bucket/none.csv?token=abc"), tmp_path / "r.parquet"
-        )
+        ingest(data_config("memory://key:secret@bucket/none.csv?token=abc"), tmp_path / "r")
     assert "secret" not in str(error.value) and "abc" not in str(error.value)
 
 

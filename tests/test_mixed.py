@@ -10,13 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aecore import io
 from aecore.config import DataConfig, NormalizeConfig
 from aecore.errors import AepipeError
 from aecore.export import read_latents
 from aecore.models import ColumnErrors
-from aecore.normalize import OTHER, Normalizer, normalize
-from aecore.train import load_features
+from aecore.normalize import OTHER, Normalizer, load_features, normalize
+from aecore.schema import ingest, read_schema
 from flows.score import score_batches
 from flows.train import train_autoencoder
 
@@ -49,8 +48,8 @@ def orders(n: int, seed: int = 0) -> pd.DataFrame:
 def test_columns_get_their_kinds_and_encoders_round_trip(tmp_path):
     source = tmp_path / "orders.csv"
     orders(400).to_csv(source, index=False)
-    raw = io.ingest(DataConfig("orders", str(source), None, None, None, None), tmp_path / "r.pq")
-    schema = io.read_schema(raw)
+    raw = ingest(DataConfig("orders", str(source), None, None, None, None), tmp_path / "r")
+    schema = read_schema(raw)
     assert schema["features"] == COLUMNS
     assert schema["kinds"] == {
         "amount": "numeric",
@@ -60,8 +59,9 @@ def test_columns_get_their_kinds_and_encoders_round_trip(tmp_path):
         "member": "boolean",
         "signup": "datetime",
     }
-    config = NormalizeConfig("zscore", 0.2, 0, 20, 16, True)
-    processed = normalize(raw, tmp_path / "p.pq", tmp_path / "n.json", config)
+    config = NormalizeConfig("zscore", 0.2, 0, 20, 16, True, 262144)
+    processed = tmp_path / "p"
+    normalize(raw, processed, tmp_path / "n.json", config)
     normalizer = Normalizer.from_json(tmp_path / "n.json")
     names = normalizer.encoded
     assert names[:3] == ["amount", "amount__missing", "qty"]
@@ -80,7 +80,7 @@ def test_columns_get_their_kinds_and_encoders_round_trip(tmp_path):
         ("cat", 3),
         ("num", 5),
     ]
-    x, _, saved = load_features(processed)
+    x, saved = load_features(processed).x, read_schema(processed)
     assert saved["encoded"] == names and x.shape == (400, len(names))
     frame = pd.read_parquet(raw)
     np.testing.assert_array_equal(normalizer.transform(frame), x)  # the saved encoders

@@ -1,14 +1,23 @@
 import json
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
-from aecore import io
+from aecore import schema
 from aecore.config import DataConfig, NormalizeConfig
 from aecore.errors import AepipeError
-from aecore.normalize import Normalizer, normalize, split_rows
+from aecore.normalize import (
+    BottomK,
+    Normalizer,
+    NormalizerFit,
+    load_features,
+    normalize,
+    split_keys,
+)
 
 COLUMNS = ["a", "b", "c", "d", "constant"]
 
@@ -57,27 +66,80 @@ def test_missing_column_is_named(frame):
         normalizer.transform(frame.drop(columns="c"), source="new.csv")
 
 
-def test_split_is_seeded_and_sized():
-    first, again = split_rows(1000, 0.2, 7), split_rows(1000, 0.2, 7)
-    np.testing.assert_array_equal(first, again)
-    assert first.sum() == 200
-    assert not np.array_equal(first, split_rows(1000, 0.2, 8))
+def test_split_keys_are_a_seeded_function_of_the_id():
+    ids = pa.array(np.arange(100_000))
+    keys = split_keys(ids, 7)
+    np.testing.assert_array_equal(keys, split_keys(ids, 7))
+    np.testing.assert_array_equal(keys[500:600], split_keys(ids[500:600], 7))  # per row
+    assert not np.array_equal(keys, split_keys(ids, 8))
+    assert abs((keys < 0.2).mean() - 0.2) < 0.005  # uniform
+    text = split_keys(pa.array([f"id-{i}" for i in range(1000)]), 0)
+    assert text.min() >= 0 and text.max() < 1 and len(np.unique(text)) == 1000
+
+
+def test_bottom_k_is_the_same_sample_whatever_the_order():
+    generator = np.random.default_rng(0)
+    keys = generator.random(10_000)
+    rows = np.arange(10_000)
+    whole, shuffled = BottomK(300), BottomK(300)
+    whole.add(keys, rows)
+    order = generator.permutation(10_000)
+    for part in np.array_split(order, 37):
+        shuffled.add(keys[part], rows[part])
+    expected = np.sort(np.argsort(keys)[:300])
+    np.testing.assert_array_equal(whole.result()[0], expected)
+    np.testing.assert_array_equal(shuffled.result()[0], expected)
+    assert not shuffled.complete and BottomK(10_001).complete is True
+
+
+@pytest.mark.parametrize("method", ["zscore", "minmax", "robust"])
+def test_fit_in_batches_equals_the_fit_in_one_piece(frame, method):
+    holes = frame.copy()
+    holes.loc[::7, "a"] = np.nan
+    holes["kind"] = np.where(np.arange(200) % 3 == 0, "x", "y")
+    columns = [*COLUMNS, "kind"]
+    kinds = {"kind": "categorical"}
+    whole = Normalizer(columns, method, kinds).fit(holes)
+    streamed = Normalizer(columns, method, kinds)
+    fitting = NormalizerFit(streamed, sample_rows=1000)
+    table = pa.Table.from_pandas(holes, preserve_index=False)
+    for start in range(0, 200, 23):
+        batch = table.slice(start, 23)
+        fitting.add(batch, np.arange(start, start + batch.num_rows) / 200)
+    fitting.finish()
+    assert streamed.codes == whole.codes
+    for name in ("median_", "center_", "scale_"):
+        np.testing.assert_allclose(getattr(streamed, name), getattr(whole, name), rtol=1e-12)
+
+
+def test_medians_from_a_sample_are_close():
+    generator = np.random.default_rng(1)
+    frame = pd.DataFrame({"a": generator.lognormal(size=50_000)})
+    exact = Normalizer(["a"], "robust").fit(frame)
+    sampled = Normalizer(["a"], "robust")
+    fitting = NormalizerFit(sampled, sample_rows=5000)
+    fitting.add(pa.Table.from_pandas(frame), generator.random(50_000))
+    fitting.finish()
+    assert not fitting.sample.complete
+    assert sampled.median_[0] == pytest.approx(exact.median_[0], rel=0.05)
+    assert sampled.scale_[0] == pytest.approx(exact.scale_[0], rel=0.1)
 
 
 def test_normalize_stage_fits_on_train_split_only(frame, tmp_path):
     source = tmp_path / "t.parquet"
     frame.to_parquet(source)
     config = DataConfig("t", str(source), "id", "label", None, None)
-    raw = io.ingest(config, tmp_path / "raw.parquet")
-    out = normalize(
-        raw,
-        tmp_path / "p.parquet",
-        tmp_path / "n.json",
-        NormalizeConfig("zscore", 0.25, 3, 20, 16, True),
+    raw = schema.ingest(config, tmp_path / "raw", rows_per_file=64)  # four raw files
+    assert len(list(raw.glob("part-*.parquet"))) == 4
+    out = tmp_path / "p"
+    summary = normalize(
+        raw, out, tmp_path / "n.json", NormalizeConfig("zscore", 0.25, 3, 20, 16, True, 262144)
     )
     table = pq.read_table(out).to_pandas()
     is_val = (table["split"] == "val").to_numpy()
-    assert is_val.sum() == 50
+    assert is_val.sum() == summary["val_rows"] and 30 <= is_val.sum() <= 70
+    keys = split_keys(pa.array(frame["id"]), 3)
+    np.testing.assert_array_equal(is_val, keys < 0.25)  # a function of the row id
     train_rows = frame[~is_val]
     normalizer = Normalizer.from_json(tmp_path / "n.json")
     np.testing.assert_allclose(
@@ -88,3 +150,34 @@ def test_normalize_stage_fits_on_train_split_only(frame, tmp_path):
     )
     assert table["id"].tolist() == frame["id"].tolist()
     assert table["label"].tolist() == frame["label"].tolist()
+
+
+def test_split_is_stable_when_rows_are_added(frame, tmp_path):
+    """Rows keep their side of the split when the table grows: it depends on the id only."""
+    config = NormalizeConfig("zscore", 0.25, 3, 20, 16, True, 262144)
+    sides = []
+    for rows in (120, 200):
+        source = tmp_path / f"t{rows}.parquet"
+        frame.iloc[:rows].to_parquet(source)
+        raw = schema.ingest(
+            DataConfig("t", str(source), "id", "label", None, None), tmp_path / f"raw{rows}"
+        )
+        normalize(raw, tmp_path / f"p{rows}", tmp_path / f"n{rows}.json", config)
+        sides.append(pq.read_table(tmp_path / f"p{rows}").column("split").to_pylist())
+    assert sides[1][:120] == sides[0]
+
+
+def test_sampled_features_are_uniform_and_fixed(frame, tmp_path):
+    source = tmp_path / "t.parquet"
+    frame.to_parquet(source)
+    raw = schema.ingest(DataConfig("t", str(source), "id", "label", None, None), tmp_path / "r")
+    out = tmp_path / "p"
+    normalize(raw, out, tmp_path / "n.json", NormalizeConfig("zscore", 0.2, 0, 20, 16, True, 9))
+    everything = load_features(out, "train")
+    sample = load_features(out, "train", max_rows=50)
+    assert (everything.total, len(everything.x)) == (sample.total, sample.total)
+    assert len(sample.x) == 50 and not sample.is_val.any()
+    again = load_features(out, "train", max_rows=50)
+    np.testing.assert_array_equal(sample.x, again.x)
+    rows = {tuple(row) for row in everything.x.round(5)}
+    assert all(tuple(row) in rows for row in sample.x.round(5))  # real training rows

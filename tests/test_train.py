@@ -6,7 +6,7 @@ import torch
 
 from aecore.errors import AepipeError
 from aecore.models import DenseAutoencoder, build_model, default_hidden, load_model, save_model
-from aecore.train import select_device, train, trimmed_mean
+from aecore.train import batch_plan, select_device, train, trimmed_mean
 
 
 def low_rank(n=400, d=10, seed=0):
@@ -127,6 +127,64 @@ def test_trains_on_cuda_with_bf16(params):
     result = train(model, x[:300], x[300:], quick(params, device="cuda"))
     assert result.device.startswith("cuda")
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_gpu_agree_on_the_same_weights(params):
+    """The same weights encode alike on both devices: bf16 autocast is for training only."""
+    x = low_rank()
+    torch.manual_seed(0)
+    model = DenseAutoencoder(10, 3, (32,))
+    train(model, x[:300], x[300:], quick(params, epochs=5))
+    from aecore.evaluate import encode_and_reconstruct
+
+    cpu = encode_and_reconstruct(model, x.numpy())
+    gpu = encode_and_reconstruct(model.cuda(), x.numpy())
+    for ours, theirs in zip(cpu, gpu, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)  # TF32 matmuls
+
+
+def test_batch_grows_with_the_table(params):
+    config = quick(params, batch_size=256, max_batch_size=4096, learning_rate=0.01)
+    assert batch_plan(20_000, config) == (256, 0.01)  # benchmark-sized tables: unchanged
+    assert batch_plan(150_000, config)[0] == 1024  # 146 steps per epoch
+    batch, lr = batch_plan(800_000, config)
+    assert (batch, lr) == (4096, pytest.approx(0.04))  # 800k / 4096 ~ 195 steps per epoch
+    assert batch_plan(10**8, config)[0] == 4096
+    assert batch_plan(10**8, quick(params, max_batch_size=256))[0] == 256  # growth off
+
+
+def test_budgets_end_training_and_say_so(params):
+    x = low_rank(n=4000)
+    torch.manual_seed(0)
+    model = DenseAutoencoder(10, 3, (16,))
+    config = quick(params, epochs=50, batch_size=64, max_batch_size=64, max_steps=30)
+    result = train(model, x[:3000], x[3000:], config)
+    assert (result.steps, result.stopped, len(result.history)) == (30, "max_steps", 1)
+    result = train(
+        model, x[:3000], x[3000:], quick(params, epochs=10**6, patience=10**6, max_minutes=0.02)
+    )
+    assert result.stopped == "max_minutes" and 1.0 <= result.seconds < 10
+
+
+def test_large_tables_train_on_a_logged_sample(params, tmp_path):
+    from aecore.config import DataConfig
+    from aecore.normalize import normalize
+    from aecore.schema import ingest
+    from aecore.synthetic import make_data
+    from aecore.train import fit_autoencoder
+
+    make_data(tmp_path / "src", 3000, 8)
+    raw = ingest(DataConfig("t", str(tmp_path / "src"), None, "label", None, None), tmp_path / "r")
+    normalize(raw, tmp_path / "p", tmp_path / "n.json", params.normalize)
+    config = quick(params, epochs=2, max_rows=1000, max_val_rows=100)
+    fit = fit_autoencoder(
+        tmp_path / "p", tmp_path / "m.pt", tmp_path / "h.json", params.model, config
+    )
+    assert (fit["train_rows"], fit["val_rows"]) == (1000, 100)
+    assert fit["train_sampled"] and fit["train_rows_total"] > 2000
+    assert fit["train_rows"] + fit["val_rows"] < fit["train_rows_total"]
 
 
 @pytest.mark.parametrize("kind", ["dense", "denoising", "sparse", "vae"])

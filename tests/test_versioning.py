@@ -155,16 +155,17 @@ def test_restore_brings_back_a_runs_exact_bytes(tmp_path):
     root = make_repo(tmp_path / "project", source=source)
     first = train_autoencoder(root=str(root))
     raw, table = (
-        root / "data/raw/sensors/data.parquet",
+        root / "data/raw/sensors/part-00000.parquet",
         root / "data/latents/sensors/batch=train/part-0.parquet",
     )
     before = raw.read_bytes(), table.read_bytes()
+    assert sorted(p.name for p in raw.parent.iterdir()) == [raw.name]
     sensor_csv(source, seed=2)  # the source changes; the next run reads other data
     second = train_autoencoder(root=str(root))
     assert raw.read_bytes() != before[0] and table.read_bytes() != before[1]
     shutil.rmtree(root / ".dvc/cache")  # only the remote has the first run's data now
     result = sh(str(Path(BIN) / "aepipe"), "data", "restore", first["run_id"], cwd=root)
-    assert "restored data/raw/sensors/data.parquet" in result.stdout
+    assert "restored data/raw/sensors\n" in result.stdout
     assert (raw.read_bytes(), table.read_bytes()) == before
     # the second run's data were cached before being replaced: nothing was lost
     second_tags = MlflowClient(tracking.default_uri(root)).get_run(second["run_id"]).data.tags
