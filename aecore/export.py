@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -13,13 +14,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
 from aecore.config import ExportConfig
 from aecore.evaluate import encode_and_reconstruct, row_errors
-from aecore.io import atomic_path, dictionary_columns, file_digest
+from aecore.io import atomic_path, dictionary_columns, file_digest, parquet_files
 from aecore.models import load_model
 from aecore.normalize import iter_features
-from aecore.schema import read_schema
+from aecore.schema import Mapper, read_schema
 from aecore.scorer import AnomalyScorer
 
 SCHEMA_VERSION = "1"
@@ -152,7 +154,7 @@ def export(
     config: ExportConfig,
     metadata: Mapping[str, str] | None = None,
     data_version: str = "",
-    batch_rows: int = 65536,
+    map_parts: Mapper | None = None,
 ) -> Path:
     """The export stage: encode every row and write the latent table partition ``out``.
 
@@ -167,13 +169,13 @@ def export(
         config: row group size and float16 quantization.
         metadata: more ``aepipe.*`` metadata, e.g. ``model_uri`` and ``mlflow_run_id``.
         data_version: the version of the input data (DVC md5 of the raw data).
-        batch_rows: rows per record batch.
+        map_parts: when given (the flow's Dask mapper), the processed files are scored in
+            parallel into temporary files, then copied into ``out`` in table order: the
+            same partition as without it.
     """
     schema = read_schema(processed)
     model = load_model(model_path)
     reference = json.loads(Path(reference_path).read_text())
-    scorer = AnomalyScorer.from_dict(reference)
-    passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
     info = {
         "latent_dim": str(model.k),
         "threshold": repr(float(reference["threshold"])),
@@ -185,12 +187,59 @@ def export(
         "mlflow_run_id": "",
         **(metadata or {}),
     }
+    files = parquet_files(processed)
     with latent_partition(out, info, config.row_group_size) as writer:
-        for batch, x in iter_features(processed, passthrough, batch_rows):
-            latents, feature_errors, kl = encode_and_reconstruct(model, x)
-            scored = latent_columns(latents, feature_errors, reference, scorer, config.quantize, kl)
-            columns = {name: batch.column(i) for i, name in enumerate(passthrough)}
-            writer.write(pa.table({**columns, **scored}))
+        if map_parts is None:
+            for path in files:
+                for table in scored_tables(path, model, reference, config.quantize):
+                    writer.write(table)
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as folder:
+            items = [
+                (path, Path(folder) / f"{n:05d}.arrow", model_path, reference, config.quantize)
+                for n, path in enumerate(files)
+            ]
+            for part in map_parts(score_file, items):
+                if not part.exists():
+                    continue  # a file without rows
+                with pa.memory_map(str(part)) as source:
+                    reader = pa.ipc.open_file(source)
+                    for i in range(reader.num_record_batches):
+                        writer.write(pa.Table.from_batches([reader.get_batch(i)]))
+    return out
+
+
+def scored_tables(
+    processed_file: Path,
+    model: torch.nn.Module,
+    reference: Mapping,
+    quantize: bool,
+    batch_rows: int = 65536,
+) -> Iterator[pa.Table]:
+    """The latent-table rows of one processed file, a record batch at a time."""
+    schema = read_schema(processed_file)
+    scorer = AnomalyScorer.from_dict(reference)
+    passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
+    for batch, x in iter_features(processed_file, passthrough, batch_rows):
+        latents, feature_errors, kl = encode_and_reconstruct(model, x)
+        scored = latent_columns(latents, feature_errors, reference, scorer, quantize, kl)
+        columns = {name: batch.column(i) for i, name in enumerate(passthrough)}
+        yield pa.table({**columns, **scored})
+
+
+def score_file(
+    processed_file: Path, out: Path, model_path: Path, reference: Mapping, quantize: bool
+) -> Path:
+    """Score one processed file into an Arrow IPC file ``out`` (a worker's share of export)."""
+    model = load_model(model_path)
+    writer = None
+    for table in scored_tables(processed_file, model, reference, quantize):
+        if writer is None:
+            writer = pa.ipc.new_file(str(out), table.schema)
+        writer.write_table(table)
+    if writer is not None:
+        writer.close()
     return out
 
 

@@ -126,8 +126,20 @@ class Source:
         """
         schema = self.schema()
         for path in self.files:
-            for batch in self._file_batches(path):
+            for batch in self.file_batches(path):
                 yield conform(batch, schema)
+
+    def widen(self, types: Mapping[str, pa.DataType]) -> None:
+        """Read these columns as these types from now on (what ``TypeWidened`` found)."""
+        self.widened |= dict(types)
+        self._schema = None
+
+    def file_rows(self, path: str) -> int:
+        """The rows of one file: from a Parquet file's footer, else by reading it."""
+        if self.fs is not None and format_of(path) == "parquet":
+            with self._open(path) as handle:
+                return self._guard(path, lambda: pq.read_metadata(handle).num_rows)
+        return sum(batch.num_rows for batch in self.file_batches(path))
 
     # -- one file ------------------------------------------------------------------------
 
@@ -143,7 +155,8 @@ class Source:
         finally:
             reader.close()
 
-    def _file_batches(self, path: str) -> Iterator[pa.RecordBatch]:
+    def file_batches(self, path: str) -> Iterator[pa.RecordBatch]:
+        """The record batches of one file, as read (``conform`` them to ``schema()``)."""
         if self.fs is None:
             yield from demo_table(path).to_batches(self.batch_rows)
             return
@@ -250,18 +263,6 @@ def demo_table(name: str) -> pa.Table:
         message = f"{name}: unknown demo source; known: {', '.join(DEMO_SOURCES)}"
         raise AepipeError(message)
     return pa.Table.from_pandas(load_digits(as_frame=True).frame, preserve_index=False)
-
-
-def read_source(source: str) -> pa.Table:
-    """Read every file of a source into one Arrow table (small sources, tests)."""
-    reader = Source(source)
-    for _ in range(64):
-        try:
-            return pa.Table.from_batches(list(reader.batches()), reader.schema())
-        except TypeWidened:
-            continue
-    message = f"{reader.shown}: column types keep changing; give a Parquet source"
-    raise AepipeError(message)
 
 
 def parquet_files(path: Path) -> list[Path]:
@@ -392,42 +393,3 @@ def file_digest(path: Path, algorithm: str = "md5") -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class PartWriter:
-    """Writes record batches into ``part-00000.parquet``, ``part-00001.parquet``... of a folder.
-
-    A file holds at most ``rows_per_file`` rows, so no file, and no write, grows with the
-    table; each batch becomes a row group.
-    """
-
-    def __init__(self, folder: Path, schema: pa.Schema, rows_per_file: int) -> None:
-        self.folder, self.schema, self.rows_per_file = folder, schema, rows_per_file
-        self.files: list[Path] = []
-        self.rows = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._in_file = 0
-
-    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
-        """Append rows, starting a new file whenever the current one is full."""
-        start = 0
-        while start < batch.num_rows:
-            if self._writer is None or self._in_file >= self.rows_per_file:
-                self._open()
-            take = min(batch.num_rows - start, self.rows_per_file - self._in_file)
-            self._writer.write(batch.slice(start, take))  # type: ignore[union-attr]
-            start, self._in_file, self.rows = start + take, self._in_file + take, self.rows + take
-
-    def _open(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self.files.append(self.folder / f"part-{len(self.files):05d}.parquet")
-        self._writer = pq.ParquetWriter(self.files[-1], self.schema, compression="zstd")
-        self._in_file = 0
-
-    def close(self) -> list[Path]:
-        """Close the last file (an empty table gets one empty file); return the files."""
-        if self._writer is None:
-            self._open()
-        self._writer.close()  # type: ignore[union-attr]
-        return self.files

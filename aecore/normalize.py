@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from aecore.config import NORMALIZE_METHODS, NormalizeConfig
 from aecore.errors import AepipeError
 from aecore.io import atomic_dir, count_rows, parquet_files, write_json
-from aecore.schema import META_SCHEMA, column_kind, read_schema
+from aecore.schema import META_SCHEMA, Mapper, column_kind, read_schema, serial_map
 
 SPLIT = "split"
 OTHER = "__other__"  # the one-hot slot of missing values and categories unseen in training
@@ -479,7 +479,11 @@ class NormalizerFit:
 
 
 def normalize(
-    raw: Path, out: Path, normalizer_path: Path, config: NormalizeConfig
+    raw: Path,
+    out: Path,
+    normalizer_path: Path,
+    config: NormalizeConfig,
+    map_parts: Mapper = serial_map,
 ) -> dict[str, Any]:
     """Split the raw rows, fit the normalizer on the train split and encode every row.
 
@@ -515,8 +519,11 @@ def normalize(
         "split": {"seed": split.seed, "threshold": split.threshold},
     }
     with atomic_dir(out) as folder:
-        for number, path in enumerate(parquet_files(raw)):
-            transform_file(path, folder / f"part-{number:05d}.parquet", normalizer, schema)
+        items = [
+            (path, folder / f"part-{number:05d}.parquet", normalizer, schema)
+            for number, path in enumerate(parquet_files(raw))
+        ]
+        map_parts(transform_file, items)
     normalizer.to_json(normalizer_path)
     return {
         "rows": split.train_rows + split.val_rows,

@@ -21,6 +21,7 @@ def run_stage(
     layout: Layout,
     on_epoch: train.OnEpoch | None = None,
     metadata: Mapping[str, str] | None = None,
+    map_parts: schema.Mapper | None = None,
 ) -> Any:
     """Run stage ``name``: read its inputs and write its outputs under ``layout``.
 
@@ -30,15 +31,21 @@ def run_stage(
         layout: the dataset's files.
         on_epoch: the train stage's per-epoch callback.
         metadata: the export stage's extra ``aepipe.*`` metadata (model URI, run id).
+        map_parts: runs the per-file work of ingest, normalize and export (the flow's
+            Dask mapper); ``None``: one file after another, in this process.
 
     Returns:
         The stage function's result: a path, or the train or evaluate summary.
     """
     if name == "ingest":
-        return schema.ingest(params.data, layout.raw)
+        return schema.ingest(params.data, layout.raw, map_parts=map_parts)
     if name == "normalize":
         return normalize.normalize(
-            layout.raw, layout.processed, layout.normalizer, params.normalize
+            layout.raw,
+            layout.processed,
+            layout.normalizer,
+            params.normalize,
+            map_parts or schema.serial_map,
         )
     if name == "train":
         return train.fit_autoencoder(
@@ -64,6 +71,7 @@ def run_stage(
             params.export,
             metadata,
             f"md5:{io.data_digest(layout.raw)}",
+            map_parts,
         )
     message = f"unknown stage {name!r}; one of {', '.join(STAGES)}"
     raise ValueError(message)

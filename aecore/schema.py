@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 
 from aecore.config import DataConfig
 from aecore.errors import AepipeError
-from aecore.io import PartWriter, Source, TypeWidened, atomic_dir, parquet_files, redact_url
+from aecore.io import Source, TypeWidened, atomic_dir, conform, parquet_files
 
 ROW_ID = "row_id"
 META_SCHEMA = b"aepipe.schema"
@@ -99,66 +100,112 @@ def select_columns(head: pa.Table, config: DataConfig, shown: str) -> tuple[str,
     return id_col, features
 
 
-class IdCheck:
-    """Checks that an id column has no empty and no repeated value, one batch at a time.
+Mapper = Callable[[Callable[..., Any], Sequence[tuple]], list[Any]]
 
-    Keeps 8 bytes per row: integer ids as they are, others as 64-bit hashes.
+
+def serial_map(function: Callable[..., Any], items: Sequence[tuple]) -> list[Any]:
+    """Call ``function(*item)`` for each item, one after another: the default mapper.
+
+    The stages take a mapper for their per-file work; the flow passes one that runs each
+    call as a task on its task runner (Dask, with ``--task-runner dask``).
     """
-
-    def __init__(self, column: str, shown: str) -> None:
-        self.column, self.shown = column, shown
-        self.nulls = 0
-        self.keys: list[np.ndarray] = []
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        ids = batch.column(self.column)
-        self.nulls += ids.null_count
-        values = ids.to_numpy(zero_copy_only=False)
-        if not pa.types.is_integer(ids.type):
-            values = pd.util.hash_array(np.asarray(values, dtype=object))
-        self.keys.append(values.astype(np.int64, copy=False).view(np.uint64))
-
-    def check(self) -> None:
-        """Raise ``AepipeError`` naming the source and the column when an id repeats."""
-        if self.nulls:
-            message = f"{self.shown}: id column {self.column!r} has {self.nulls} empty values"
-            raise AepipeError(message)
-        keys = np.concatenate(self.keys) if self.keys else np.zeros(0, np.uint64)
-        keys.sort()
-        if len(keys) > 1 and (keys[1:] == keys[:-1]).any():
-            message = f"{self.shown}: id column {self.column!r} has duplicate values"
-            raise AepipeError(message)
+    return [function(*item) for item in items]
 
 
-def ingest(config: DataConfig, out: Path, rows_per_file: int = ROWS_PER_FILE) -> Path:
-    """Stream the source into the folder ``out`` as Parquet files of at most ``rows_per_file``.
+def check_ids(raw: Path, column: str, shown: str) -> None:
+    """Raise ``AepipeError`` when the id column has an empty or a repeated value.
 
-    The rows are kept as they are; a stable int64 ``row_id`` (source order) is added
-    when no id column is given. The column roles go into every file's metadata. The
-    folder is replaced only when every row was read and the id column checked.
+    Reads that one column; keeps 8 bytes per row (integer ids as they are, others hashed).
+    """
+    nulls, keys = 0, []
+    for path in parquet_files(raw):
+        for batch in pq.ParquetFile(path).iter_batches(columns=[column]):
+            ids = batch.column(0)
+            nulls += ids.null_count
+            values = ids.to_numpy(zero_copy_only=False)
+            if not pa.types.is_integer(ids.type):
+                values = pd.util.hash_array(np.asarray(values, dtype=object))
+            keys.append(np.asarray(values).astype(np.int64, copy=False).view(np.uint64))
+    if nulls:
+        message = f"{shown}: id column {column!r} has {nulls} empty values"
+        raise AepipeError(message)
+    merged = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+    if len(merged) > 1 and (merged[1:] == merged[:-1]).any():
+        message = f"{shown}: id column {column!r} has duplicate values"
+        raise AepipeError(message)
+
+
+def ingest(
+    config: DataConfig,
+    out: Path,
+    rows_per_file: int = ROWS_PER_FILE,
+    map_parts: Mapper | None = None,
+) -> Path:
+    """Stream the source into the folder ``out``: Parquet files of at most ``rows_per_file``.
+
+    Each source file becomes ``part-<file>-<chunk>.parquet``; the rows are kept as they
+    are, and a stable int64 ``row_id`` (source order) is added when no id column is
+    given. The column roles go into every file's metadata. The folder is replaced only
+    when every row was read and the id column checked.
+
+    Args:
+        config: the source and the column roles.
+        out: the raw folder.
+        rows_per_file: the most rows in one raw file.
+        map_parts: runs the per-file work (``serial_map`` when ``None``; the flow's Dask
+            mapper reads the files in parallel, after counting their rows for the ids).
 
     Returns:
         ``out``, the raw folder.
     """
     source = Source(config.source)
     for _ in range(MAX_WIDENINGS):
-        try:
-            return _ingest(source, config, out, rows_per_file)
-        except TypeWidened:
-            continue  # a column's type was widened: read again from the start
+        schema, _ = plan_ingest(source, config)
+        with atomic_dir(out) as folder:
+            if map_parts is None:
+                widened, offset = {}, 0
+                for number, path in enumerate(source.files):
+                    result = ingest_file(
+                        source, number, path, offset, folder, schema, rows_per_file
+                    )
+                    widened |= result.get("widened", {})
+                    if widened:
+                        break
+                    offset += result["rows"]
+            else:
+                offsets = [0] * len(source.files)
+                if config.id_col is None:
+                    counts = map_parts(count_file_rows, [(source, p) for p in source.files])
+                    offsets = [int(x) for x in np.cumsum([0, *counts[:-1]])]
+                items = [
+                    (source, number, path, offsets[number], folder, schema, rows_per_file)
+                    for number, path in enumerate(source.files)
+                ]
+                widened = {}
+                for result in map_parts(ingest_file, items):
+                    widened |= result.get("widened", {})
+            if widened:
+                source.widen(widened)
+                continue  # a column's type was widened: read again from the start
+            if config.id_col:
+                check_ids(folder, config.id_col, source.shown)
+        return out
     message = f"{source.shown}: column types keep changing; give a Parquet source"
     raise AepipeError(message)
 
 
-def _ingest(source: Source, config: DataConfig, out: Path, rows_per_file: int) -> Path:
-    shown = redact_url(config.source)
+def plan_ingest(source: Source, config: DataConfig) -> tuple[pa.Schema, dict]:
+    """The raw files' schema, with the column roles in its metadata, from the first rows."""
+    shown = source.shown
     schema = source.schema()
-    batches = source.batches()
     head: list[pa.RecordBatch] = []
-    for batch in batches:
-        head.append(batch)
-        if sum(b.num_rows for b in head) >= KEY_ROWS:
-            break
+    try:
+        for batch in source.batches():
+            head.append(batch)
+            if sum(b.num_rows for b in head) >= KEY_ROWS:
+                break
+    except TypeWidened:
+        return plan_ingest(source, config)
     first = pa.Table.from_batches(head, schema)
     if first.num_rows == 0:
         message = f"{shown}: the source has no rows"
@@ -174,21 +221,66 @@ def _ingest(source: Source, config: DataConfig, out: Path, rows_per_file: int) -
         "types": {name: str(schema.field(name).type) for name in features},
         "kinds": {name: column_kind(schema.field(name).type) for name in features},
     }
-    schema = schema.with_metadata({META_SCHEMA: json.dumps(roles).encode()})
-    ids = IdCheck(id_col, shown) if config.id_col else None
-    with atomic_dir(out) as folder:
-        writer = PartWriter(folder, schema, rows_per_file)
-        for batch in itertools.chain(head, batches):
-            if ids is None:
-                row_ids = pa.array(np.arange(writer.rows, writer.rows + batch.num_rows))
-                batch = batch.add_column(0, ROW_ID, row_ids)
-            else:
-                ids.add(batch)
-            writer.write(batch.replace_schema_metadata(schema.metadata))
-        writer.close()
-        if ids is not None:
-            ids.check()
-    return out
+    return schema.with_metadata({META_SCHEMA: json.dumps(roles).encode()}), roles
+
+
+def count_file_rows(source: Source, path: str) -> int:
+    """The rows of one source file (Parquet: from its footer)."""
+    for _ in range(MAX_WIDENINGS):
+        try:
+            return source.file_rows(path)
+        except TypeWidened:
+            continue
+    message = f"{source.shown_file(path)}: column types keep changing; give a Parquet source"
+    raise AepipeError(message)
+
+
+def ingest_file(
+    source: Source,
+    number: int,
+    path: str,
+    offset: int,
+    folder: Path,
+    schema: pa.Schema,
+    rows_per_file: int,
+) -> dict[str, Any]:
+    """Write one source file as ``part-<number>-<chunk>.parquet`` files of ``schema``.
+
+    ``row_id`` (when ``schema`` has it first) counts on from ``offset``.
+
+    Returns:
+        ``{"rows": n}``, or ``{"widened": {column: type}}`` when a column's type must be
+        widened and the ingest started again.
+    """
+    add_ids = schema.names[0] == ROW_ID and ROW_ID not in source.schema().names
+    body = pa.schema([f for f in schema if not (add_ids and f.name == ROW_ID)])
+    rows, chunk, writer, in_file = 0, 0, None, 0
+    try:
+        for batch in source.file_batches(path):
+            batch = conform(batch, body)
+            if add_ids:
+                ids = pa.array(np.arange(offset + rows, offset + rows + batch.num_rows))
+                batch = batch.add_column(0, ROW_ID, ids)
+            start = 0
+            while start < batch.num_rows:
+                if writer is None or in_file >= rows_per_file:
+                    if writer is not None:
+                        writer.close()
+                        chunk += 1
+                    target = folder / f"part-{number:05d}-{chunk:04d}.parquet"
+                    writer, in_file = pq.ParquetWriter(target, schema, compression="zstd"), 0
+                take = min(batch.num_rows - start, rows_per_file - in_file)
+                writer.write_batch(
+                    batch.slice(start, take).replace_schema_metadata(schema.metadata)
+                )
+                start, in_file = start + take, in_file + take
+            rows += batch.num_rows
+    except TypeWidened:
+        return {"widened": dict(source.widened)}
+    finally:
+        if writer is not None:
+            writer.close()
+    return {"rows": rows}
 
 
 def read_schema(path: Path) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns, latent_partition
 from aecore.io import format_of, list_source_files, redact_url
 from aecore.normalize import Normalizer
-from aecore.schema import ROW_ID, column_kind, is_numeric
+from aecore.schema import ROW_ID, Mapper, column_kind, is_numeric
 from aecore.scorer import AnomalyScorer
 
 # log-spaced bins for the running error histogram: p99 and drift without keeping rows
@@ -35,6 +36,23 @@ class ScoreSummary:
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(len(HISTOGRAM_EDGES) - 1))
     latent_sum: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+
+    def add_table(self, table: pa.Table, latents: np.ndarray) -> None:
+        """Fold one scored record batch into the running totals."""
+        errors = table.column("recon_error").to_numpy()
+        self.add(errors, latents, table.column("is_anomaly").to_numpy(zero_copy_only=False))
+
+    def merge(self, other: ScoreSummary) -> None:
+        """Add another part's totals (a file scored elsewhere)."""
+        self.rows += other.rows
+        self.anomalies += other.anomalies
+        self.error_sum += other.error_sum
+        self.histogram = self.histogram + other.histogram
+        if other.latent_sum is not None:
+            self.latent_sum = (
+                other.latent_sum if self.latent_sum is None else self.latent_sum + other.latent_sum
+            )
+        self.warnings += other.warnings
 
     def add(self, errors: np.ndarray, latents: np.ndarray, flags: np.ndarray) -> None:
         """Fold one record batch into the running totals."""
@@ -157,11 +175,14 @@ def score_batch(
     metadata: Mapping[str, str],
     batch_rows: int = 65536,
     row_group_size: int = 131072,
+    map_parts: Mapper | None = None,
 ) -> ScoreSummary:
     """Encode and score every row of ``source`` into the partition file ``out``.
 
     Reads record batches, so memory does not grow with the batch's size; writes to a
-    temporary file renamed into place, so a failure leaves no partial partition.
+    temporary file renamed into place, so a failure leaves no partial partition. With
+    ``map_parts`` (the flow's Dask mapper), the files of a many-file batch are scored in
+    parallel and copied into ``out`` in order: the same partition as without it.
 
     Returns:
         The batch's summary (metrics via ``summary.metrics(reference)``).
@@ -169,27 +190,110 @@ def score_batch(
     dataset, shown = open_batch(source)
     scorer = AnomalyScorer.from_dict(reference)
     summary = ScoreSummary(warnings=check_schema(dataset.schema, reference, shown))
-    features, id_col, label_col = reference["features"], reference["id_col"], reference["label_col"]
-    passthrough = [c for c in (id_col, label_col) if c and c in dataset.schema.names]
-    threshold = float(reference["threshold"])
-    info = {**metadata, "threshold": repr(threshold), "latent_dim": len(scorer.latent_mean_)}
+    info = {
+        **metadata,
+        "threshold": repr(float(reference["threshold"])),
+        "latent_dim": len(scorer.latent_mean_),
+    }
+    model_parts = (model, normalizer, reference, batch_rows)
     with latent_partition(out, info, row_group_size) as writer:
-        for batch in read_batches(dataset, [*passthrough, *features], batch_rows):
-            if batch.num_rows == 0:
-                continue
-            x = normalizer.transform(batch, shown)
-            latents, feature_errors, kl = encode_and_reconstruct(model, x)
-            columns = {c: batch.column(c) for c in passthrough}
-            if id_col == ROW_ID:
-                start = summary.rows
-                columns = {ROW_ID: pa.array(np.arange(start, start + batch.num_rows)), **columns}
-            scored = latent_columns(latents, feature_errors, reference, scorer, kl=kl)
-            writer.write(pa.table({**columns, **scored}))
-            errors = scored["recon_error"].to_numpy()
-            summary.add(errors, latents, scored["is_anomaly"].to_numpy(zero_copy_only=False))
+        if map_parts is None or len(dataset.files) < 2:
+            for table, latents in scored_tables(dataset, shown, 0, *model_parts):
+                writer.write(table)
+                summary.add_table(table, latents)
+        else:
+            fs, kind = dataset.filesystem, dataset.format.default_extname
+            offsets = [0] * len(dataset.files)
+            if reference["id_col"] == ROW_ID:
+                counts = map_parts(file_rows, [(fs, path, kind) for path in dataset.files])
+                offsets = [int(x) for x in np.cumsum([0, *counts[:-1]])]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=".score-") as folder:
+                items = [
+                    (
+                        fs,
+                        path,
+                        kind,
+                        shown,
+                        offsets[n],
+                        Path(folder) / f"{n:05d}.arrow",
+                        *model_parts,
+                    )
+                    for n, path in enumerate(dataset.files)
+                ]
+                for part, partial in map_parts(score_file, items):
+                    summary.merge(partial)
+                    if part.exists():
+                        with pa.memory_map(str(part)) as handle:
+                            reader = pa.ipc.open_file(handle)
+                            for i in range(reader.num_record_batches):
+                                writer.write(pa.Table.from_batches([reader.get_batch(i)]))
         if writer.rows == 0:
             message = f"{shown}: no rows to score"
             raise AepipeError(message)
     if math.isnan(summary.error_sum):
         summary.warnings.append(f"{shown}: some reconstruction errors are NaN")
     return summary
+
+
+def scored_tables(
+    dataset: ds.Dataset,
+    shown: str,
+    first_row: int,
+    model: nn.Module,
+    normalizer: Normalizer,
+    reference: Mapping,
+    batch_rows: int,
+) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """The scored rows of ``dataset`` with their latents, a record batch at a time.
+
+    ``row_id`` (when the model was trained without an id column) counts from ``first_row``.
+    """
+    scorer = AnomalyScorer.from_dict(reference)
+    features, id_col, label_col = reference["features"], reference["id_col"], reference["label_col"]
+    passthrough = [c for c in (id_col, label_col) if c and c in dataset.schema.names]
+    row = first_row
+    for batch in read_batches(dataset, [*passthrough, *features], batch_rows):
+        if batch.num_rows == 0:
+            continue
+        x = normalizer.transform(batch, shown)
+        latents, feature_errors, kl = encode_and_reconstruct(model, x)
+        columns = {c: batch.column(c) for c in passthrough}
+        if id_col == ROW_ID:
+            columns = {ROW_ID: pa.array(np.arange(row, row + batch.num_rows)), **columns}
+        row += batch.num_rows
+        scored = latent_columns(latents, feature_errors, reference, scorer, kl=kl)
+        yield pa.table({**columns, **scored}), latents
+
+
+def file_rows(fs: object, path: str, kind: str) -> int:
+    """The rows of one file of a batch (Parquet: from its footer)."""
+    dataset = ds.dataset([path], filesystem=fs, format=kind)
+    return dataset.count_rows()
+
+
+def score_file(
+    fs: object,
+    path: str,
+    kind: str,
+    shown: str,
+    first_row: int,
+    out: Path,
+    model: nn.Module,
+    normalizer: Normalizer,
+    reference: Mapping,
+    batch_rows: int,
+) -> tuple[Path, ScoreSummary]:
+    """Score one file of a batch into an Arrow IPC file (a worker's share of a batch)."""
+    dataset = ds.dataset([path], filesystem=fs, format=kind)
+    summary, writer = ScoreSummary(), None
+    for table, latents in scored_tables(
+        dataset, shown, first_row, model, normalizer, reference, batch_rows
+    ):
+        if writer is None:
+            writer = pa.ipc.new_file(str(out), table.schema)
+        writer.write_table(table)
+        summary.add_table(table, latents)
+    if writer is not None:
+        writer.close()
+    return out, summary

@@ -22,6 +22,13 @@ app = typer.Typer(
 
 PARAMS_HELP = "Parameters file holding every default."
 Params = Annotated[Path, typer.Option("--params", help=PARAMS_HELP)]
+TaskRunner = Annotated[
+    str | None,
+    typer.Option(help="local or dask: per-file work on a Dask cluster (prefect-dask)."),
+]
+DaskAddress = Annotated[
+    str | None, typer.Option(help="A running Dask scheduler, tcp://...; default: a local cluster.")
+]
 
 
 def fail(message: str) -> None:
@@ -59,6 +66,8 @@ def run(
     latent_dim: Annotated[int | None, typer.Option(help="Latent size k.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Most epochs to train.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    task_runner: TaskRunner = None,
+    dask_address: DaskAddress = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any parameter: section.key=value.")
     ] = None,
@@ -77,11 +86,14 @@ def run(
         "model.latent_dim": latent_dim,
         "train.epochs": epochs,
         "train.device": device,
+        "orchestration.task_runner": task_runner,
+        "orchestration.dask_address": dask_address,
     }
     overrides |= parse_sets(set_ or [])
     try:
         resolved = resolve_params(params, source, dataset, id_col, label_col, overrides)
         from flows import tracking
+        from flows.runners import with_task_runner
         from flows.train import train_autoencoder
 
         hide_tracebacks_of_user_errors()
@@ -89,7 +101,8 @@ def run(
         tracking.warm_up(Path.cwd(), resolved.data.dataset)
         if temporary:
             temporary.wait_ready()
-        summary = train_autoencoder(
+        flow = with_task_runner(train_autoencoder, resolved.orchestration)
+        summary = flow(
             source=source,
             dataset=dataset,
             id_col=id_col,
@@ -193,6 +206,8 @@ def score(
         str | None,
         typer.Option(help="Dataset; default: the one trained last here, else params.yaml's."),
     ] = None,
+    task_runner: TaskRunner = None,
+    dask_address: DaskAddress = None,
     params: Params = Path("params.yaml"),
 ) -> None:
     """Run the score-batch flow: encode and score new rows with the registered model.
@@ -207,8 +222,13 @@ def score(
     from aecore.config import load_params
     from aecore.errors import AepipeError
 
+    overrides = {
+        "orchestration.task_runner": task_runner,
+        "orchestration.dask_address": dask_address,
+    }
     try:
-        load_params(params)
+        resolved = load_params(params, overrides)
+        from flows.runners import with_task_runner
         from flows.score import score_batches
 
         hide_tracebacks_of_user_errors()
@@ -220,11 +240,13 @@ def score(
                 print(f"dataset: {dataset} (trained last here; --dataset to choose)")
         if temporary:
             temporary.wait_ready()
-        results = score_batches(
+        flow = with_task_runner(score_batches, resolved.orchestration)
+        results = flow(
             source=source,
             model=model,
             batch_id=batch_id,
             dataset=dataset,
+            overrides=overrides,
             params_path=str(params),
             root=str(Path.cwd()),
         )
@@ -266,18 +288,23 @@ def serve(params: Params = Path("params.yaml")) -> None:
     from aecore.errors import AepipeError
 
     try:
-        schedule = load_params(params).schedule
+        loaded = load_params(params)
+        schedule, orchestration = loaded.schedule, loaded.orchestration
     except AepipeError as error:
         fail(str(error))
     from prefect import serve as prefect_serve
 
+    from flows.runners import with_task_runner
     from flows.score import score_batches
     from flows.train import train_autoencoder
 
     common = {"params_path": str(params), "root": str(Path.cwd())}
+    train_flow, score_flow = (
+        with_task_runner(f, orchestration) for f in (train_autoencoder, score_batches)
+    )
     prefect_serve(
-        train_autoencoder.to_deployment(name="weekly", cron=schedule.train_cron, parameters=common),
-        score_batches.to_deployment(name="nightly", cron=schedule.score_cron, parameters=common),
+        train_flow.to_deployment(name="weekly", cron=schedule.train_cron, parameters=common),
+        score_flow.to_deployment(name="nightly", cron=schedule.score_cron, parameters=common),
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from aecore.io import file_digest, list_source_files, redact_url, write_json
 from aecore.layout import Layout
 from aecore.score import score_batch
 from flows import tracking
-from flows.train import artifact_key, retry_unless_user_error
+from flows.runners import mapper, retry_unless_user_error, submit_parts
+from flows.train import artifact_key
 
 
 def ledger_path(layout: Layout) -> Path:
@@ -40,6 +43,16 @@ def pending_files(inbox: Path, ledger: dict[str, dict]) -> list[Path]:
     return [Path(f) for f in files if file_digest(Path(f)) not in ledger]
 
 
+def enter(ledger: dict[str, dict], path: Path, result: dict[str, Any]) -> None:
+    """Record in ``ledger`` that the file at ``path`` was scored."""
+    ledger[file_digest(path)] = {
+        "file": str(path),
+        "batch_id": result["batch_id"],
+        "run_id": result["run_id"],
+        "scored_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
 @task(
     retries=2,
     retry_delay_seconds=[2, 10],
@@ -47,20 +60,54 @@ def pending_files(inbox: Path, ledger: dict[str, dict]) -> list[Path]:
     cache_policy=NO_CACHE,
 )
 def score_task(
-    source: str, model_uri: str, layout: Layout, batch_id: str, config: cfg.ScoreConfig
+    source: str,
+    model_uri: str,
+    layout: Layout,
+    batch_id: str,
+    params: cfg.Params,
 ) -> dict[str, Any]:
     """Load the registered model and score one batch into its partition."""
     python_model, info = tracking.load_scoring_model(model_uri)
+    return score_into(
+        source,
+        (python_model.model, python_model.normalizer, python_model.reference),
+        info,
+        layout.partition(batch_id),
+        batch_id,
+        params.score,
+        params.export.row_group_size,
+        mapper(params.orchestration),
+    )
+
+
+def score_into(
+    source: str,
+    scoring: tuple[Any, Any, dict[str, Any]],
+    info: dict[str, str],
+    out: Path,
+    batch_id: str,
+    config: cfg.ScoreConfig,
+    row_group_size: int,
+    map_parts: Any = None,
+) -> dict[str, Any]:
+    """Score ``source`` into the partition ``out``; return its metrics and warnings.
+
+    ``scoring`` is the registered model's ``(model, normalizer, reference)``: aecore
+    objects, which a Dask worker can unpickle (the pyfunc wrapper's class it cannot).
+    """
+    model, normalizer, reference = scoring
     summary = score_batch(
         source,
-        python_model.model,
-        python_model.normalizer,
-        python_model.reference,
-        layout.partition(batch_id),
+        model,
+        normalizer,
+        reference,
+        out,
         {"model_uri": info["model_uri"], "mlflow_run_id": info["run_id"], "batch_id": batch_id},
         batch_rows=config.batch_rows,
+        row_group_size=row_group_size,
+        map_parts=map_parts,
     )
-    metrics = summary.metrics(python_model.reference)
+    metrics = summary.metrics(reference)
     return {"metrics": metrics, "warnings": summary.warnings, "model": info}
 
 
@@ -68,19 +115,35 @@ def score_one(
     source: str, batch_id: str, model_uri: str, layout: Layout, params: cfg.Params, root: Path
 ) -> dict[str, Any]:
     """Score ``source`` as batch ``batch_id`` inside its own MLflow run."""
+    with scoring_run(source, batch_id, model_uri, layout, root) as run:
+        result = score_task(source, model_uri, layout, batch_id, params)
+        return record(result, batch_id, layout, params, run)
+
+
+@contextmanager
+def scoring_run(
+    source: str, batch_id: str, model_uri: str, layout: Layout, root: Path
+) -> Iterator[mlflow.ActiveRun]:
+    """The MLflow run of one scored batch, in the ``<dataset>-scoring`` experiment."""
     tags = {"aepipe.dataset": layout.dataset, "aepipe.batch_id": batch_id}
     run_params = {"source": redact_url(source), "batch_id": batch_id, "model_uri": model_uri}
     with tracking.start_run(f"{layout.dataset}-scoring", root, run_params, tags) as run:
-        result = score_task(source, model_uri, layout, batch_id, params.score)
-        metrics, warnings = result["metrics"], list(result["warnings"])
-        if metrics.get("drift_ks", 0) > params.score.drift_limit:
-            warnings.append(
-                f"drift: recon_error's KS distance from training is {metrics['drift_ks']:.3f} "
-                f"(limit {params.score.drift_limit}); consider retraining"
-            )
-            mlflow.set_tag("aepipe.drift_warning", warnings[-1])
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags(tracking.model_tags(result["model"]))
+        yield run
+
+
+def record(
+    result: dict[str, Any], batch_id: str, layout: Layout, params: cfg.Params, run: Any
+) -> dict[str, Any]:
+    """Log a scored batch's metrics, tags, warnings and Prefect artifact; return its summary."""
+    metrics, warnings = result["metrics"], list(result["warnings"])
+    if metrics.get("drift_ks", 0) > params.score.drift_limit:
+        warnings.append(
+            f"drift: recon_error's KS distance from training is {metrics['drift_ks']:.3f} "
+            f"(limit {params.score.drift_limit}); consider retraining"
+        )
+        mlflow.set_tag("aepipe.drift_warning", warnings[-1])
+    mlflow.log_metrics(metrics)
+    mlflow.set_tags(tracking.model_tags(result["model"]))
     for warning in warnings:
         get_run_logger().warning(warning)
     table = "\n".join(f"| {k} | {v:.6g} |" for k, v in metrics.items())
@@ -100,12 +163,43 @@ def score_one(
     }
 
 
+def score_inbox_in_parallel(
+    files: list[Path], model_uri: str, layout: Layout, params: cfg.Params, root: Path
+) -> list[dict[str, Any]]:
+    """Score inbox files on the task runner's workers at once, then track each in MLflow.
+
+    The model is loaded once, here, and sent to the workers.
+    """
+    python_model, info = tracking.load_scoring_model(model_uri)
+    scoring = (python_model.model, python_model.normalizer, python_model.reference)
+    batches = [cfg.dataset_name(str(path)) for path in files]
+    items = [
+        (
+            str(path),
+            scoring,
+            info,
+            layout.partition(batch_id),
+            batch_id,
+            params.score,
+            params.export.row_group_size,
+        )
+        for path, batch_id in zip(files, batches, strict=True)
+    ]
+    results = submit_parts(score_into, items)
+    recorded = []
+    for path, batch_id, result in zip(files, batches, results, strict=True):
+        with scoring_run(str(path), batch_id, model_uri, layout, root) as run:
+            recorded.append(record(result, batch_id, layout, params, run))
+    return recorded
+
+
 @flow(name="score-batch", log_prints=True)
 def score_batches(
     source: str | None = None,
     model: str | None = None,
     batch_id: str | None = None,
     dataset: str | None = None,
+    overrides: dict[str, Any] | None = None,
     params_path: str = "params.yaml",
     root: str = ".",
 ) -> list[dict[str, Any]]:
@@ -117,6 +211,7 @@ def score_batches(
         model: the model URI; default ``models:/<dataset>-autoencoder@champion``.
         batch_id: the partition ``batch=<id>`` (one batch only); default: the file's name.
         dataset: the dataset; default params.yaml's.
+        overrides: parameters as dotted keys, e.g. ``{"orchestration.task_runner": "dask"}``.
         params_path: the parameters file, relative to ``root``.
         root: the project folder.
 
@@ -124,7 +219,7 @@ def score_batches(
         One summary per scored batch: partition, metrics, warnings, MLflow run id.
     """
     base = Path(root).resolve()
-    params = cfg.load_params(base / params_path)
+    params = cfg.load_params(base / params_path).with_overrides(overrides or {})
     layout = Layout(base, dataset or params.data.dataset)
     model_uri = model or f"models:/{tracking.registered_name(layout.dataset)}@champion"
     tracking.configure(base)
@@ -135,18 +230,21 @@ def score_batches(
         message = "--batch-id names one batch: give --source too (the inbox has one per file)"
         raise AepipeError(message)
     folder = base / params.score.inbox / layout.dataset
-    results = []
     ledger = read_ledger(layout)
-    for path in pending_files(folder, ledger):
-        result = score_one(str(path), cfg.dataset_name(str(path)), model_uri, layout, params, base)
-        ledger[file_digest(path)] = {
-            "file": str(path),
-            "batch_id": result["batch_id"],
-            "run_id": result["run_id"],
-            "scored_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+    files = pending_files(folder, ledger)
+    if mapper(params.orchestration) and len(files) > 1:
+        results = score_inbox_in_parallel(files, model_uri, layout, params, base)
+        for path, result in zip(files, results, strict=True):
+            enter(ledger, path, result)
         write_json(ledger, ledger_path(layout))
-        results.append(result)
+        return results
+    results = []
+    for path in files:  # the ledger is written after each file: a failure loses no progress
+        results.append(
+            score_one(str(path), cfg.dataset_name(str(path)), model_uri, layout, params, base)
+        )
+        enter(ledger, path, results[-1])
+        write_json(ledger, ledger_path(layout))
     if not results:
         get_run_logger().info("%s: no new files to score", folder)
     return results

@@ -10,26 +10,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
-from prefect import Task, flow, get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
 from prefect.context import get_run_context
-from prefect.states import State
 
 from aecore import config as cfg
 from aecore import train
-from aecore.errors import AepipeError
 from aecore.layout import Layout
 from aecore.pipeline import run_stage
 from flows import tracking, versioning
+from flows.runners import mapper, retry_unless_user_error
 
 T = TypeVar("T")
-
-
-def retry_unless_user_error(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Retry network and storage faults, not a missing file or a wrong column."""
-    return not isinstance(state.result(raise_on_failure=False), AepipeError)
 
 
 def timed(function: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
@@ -48,7 +41,7 @@ def stage_task(
     metadata: dict[str, str] | None = None,
 ) -> tuple[Any, float]:
     """Run one stage; return its result and the seconds it took."""
-    return timed(run_stage, name, params, layout, on_epoch, metadata)
+    return timed(run_stage, name, params, layout, on_epoch, metadata, mapper(params.orchestration))
 
 
 def run_in_task(
