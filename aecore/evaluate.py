@@ -20,6 +20,7 @@ from aecore.schema import read_schema
 from aecore.scorer import AnomalyScorer
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
+PLOT_ROWS = 20_000  # points in the latent map: more only hides each other
 
 
 @torch.no_grad()
@@ -56,13 +57,23 @@ def row_errors(feature_errors: np.ndarray) -> np.ndarray:
 
 
 def pca_baseline_mse(x_train: np.ndarray, x_val: np.ndarray, k: int) -> float:
-    """Held-out MSE of a rank-``k`` PCA fitted on ``x_train``: the linear baseline."""
-    from sklearn.decomposition import PCA
+    """Held-out MSE of a rank-``k`` PCA fitted on ``x_train``: the linear baseline.
 
+    The principal axes are the top eigenvectors of the covariance, accumulated in slices,
+    so memory stays ``d x d`` besides the inputs.
+    """
     k = min(k, *x_train.shape)
-    pca = PCA(n_components=k, svd_solver="full").fit(x_train.astype(np.float64))
-    reconstruction = pca.inverse_transform(pca.transform(x_val.astype(np.float64)))
-    return float(np.mean((reconstruction - x_val) ** 2))
+    mean = x_train.mean(axis=0, dtype=np.float64)
+    covariance = np.zeros((x_train.shape[1], x_train.shape[1]))
+    for start in range(0, len(x_train), EVAL_BATCH):
+        centred = x_train[start : start + EVAL_BATCH].astype(np.float64) - mean
+        covariance += centred.T @ centred
+    basis = np.linalg.eigh(covariance)[1][:, ::-1][:, :k]
+    total = 0.0
+    for start in range(0, len(x_val), EVAL_BATCH):
+        centred = x_val[start : start + EVAL_BATCH].astype(np.float64) - mean
+        total += float((((centred @ basis) @ basis.T - centred) ** 2).sum())
+    return total / max(x_val.size, 1)
 
 
 def fit_threshold(errors: np.ndarray, quantile: float) -> float:
@@ -169,13 +180,13 @@ def evaluate(
     figures.mkdir(parents=True, exist_ok=True)
     plots.loss_curves(history, figures / "loss_curves.png")
     plots.error_histogram(scores, threshold, figures / "error_histogram.png")
-    both = np.concatenate([train_latents, latents])
+    step = max(1, (len(train_latents) + len(latents)) // PLOT_ROWS)  # a uniform subsample
+    both = np.concatenate([train_latents[::step], latents[::step]])
     labels = None
     if train.labels is not None and val.labels is not None:
-        labels = np.concatenate([train.labels, val.labels])
-    plots.latent_projection(
-        both, labels, np.concatenate([train_scores, scores]), figures / "latent_projection.png"
-    )
+        labels = np.concatenate([train.labels[::step], val.labels[::step]])
+    both_scores = np.concatenate([train_scores[::step], scores[::step]])
+    plots.latent_projection(both, labels, both_scores, figures / "latent_projection.png")
     if image_shape and math.prod(image_shape) == val.x.shape[1]:
         sample = val.x[:10]
         with torch.no_grad():

@@ -13,7 +13,7 @@ from aecore.config import ModelConfig
 from aecore.errors import AepipeError
 from aecore.io import atomic_path
 
-EVAL_BATCH = 65536  # rows per forward pass when only measuring
+EVAL_BATCH = 16384  # rows per forward pass when only measuring
 
 
 def make_layers(widths: list[int]) -> nn.Sequential:

@@ -14,6 +14,7 @@ id, so a rerun gives the same split without holding the rows.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from aecore.config import NORMALIZE_METHODS, NormalizeConfig
 from aecore.errors import AepipeError
-from aecore.io import atomic_dir, count_rows, parquet_files, write_json
+from aecore.io import atomic_dir, parquet_files, write_json
 from aecore.schema import META_SCHEMA, Mapper, column_kind, read_schema, serial_map
 
 SPLIT = "split"
@@ -268,11 +269,16 @@ class BottomK:
     Keys are uniform hashes of the row ids (``split_keys``), so the sample is the same
     whatever order the rows come in. Rows are tuples of arrays indexed alike; ``result``
     returns them in the order they were added (by ``position``).
+
+    With ``limit``, the k-th smallest key found beforehand by a pass over the keys alone
+    (``kth``), exactly the rows whose key is at most ``limit`` enter, straight into
+    arrays of ``k`` rows: the sample never takes more memory than itself.
     """
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, limit: float | None = None) -> None:
         self.k = k
-        self.limit = np.inf  # once full, rows with a larger key cannot enter
+        self.preset = limit is not None
+        self.limit = math.inf if limit is None else limit  # larger keys cannot enter
         self.seen = 0
         self._keys: list[np.ndarray] = []
         self._rows: list[tuple[np.ndarray, ...]] = []
@@ -281,10 +287,13 @@ class BottomK:
     def add(self, keys: np.ndarray, *rows: np.ndarray) -> None:
         """Offer rows with their keys; only those that can still be in the sample are kept."""
         self.seen += len(keys)
-        if self.limit < np.inf:
-            keep = keys < self.limit
+        if self.limit < math.inf:
+            keep = keys <= self.limit if self.preset else keys < self.limit
             keys, rows = keys[keep], tuple(r[keep] for r in rows)
         if not len(keys):
+            return
+        if self.preset:
+            self._fill(keys, rows)
             return
         self._keys.append(keys)
         self._rows.append(rows)
@@ -292,7 +301,22 @@ class BottomK:
         if self._size >= 2 * self.k:
             self._compact()
 
+    def _fill(self, keys: np.ndarray, rows: tuple[np.ndarray, ...]) -> None:
+        if not self._keys:
+            self._keys = [np.empty(self.k, keys.dtype)]
+            self._rows = [tuple(np.empty((self.k, *r.shape[1:]), r.dtype) for r in rows)]
+        take = min(len(keys), self.k - self._size)  # more only on a tie at the limit
+        end = self._size + take
+        self._keys[0][self._size : end] = keys[:take]
+        for buffer, row in zip(self._rows[0], rows, strict=True):
+            buffer[self._size : end] = row[:take]
+        self._size = end
+
     def _compact(self) -> None:
+        if self.preset:
+            self._keys = [self._keys[0][: self._size]]
+            self._rows = [tuple(r[: self._size] for r in self._rows[0])]
+            return
         keys = np.concatenate(self._keys)
         rows = tuple(np.concatenate(parts) for parts in zip(*self._rows, strict=True))
         if len(keys) > self.k:
@@ -301,13 +325,21 @@ class BottomK:
             self.limit = float(keys.max())
         self._keys, self._rows, self._size = [keys], [rows], len(keys)
 
+    def kth(self) -> float:
+        """The largest key in the sample: the ``limit`` of a second pass that takes it."""
+        self._compact()
+        return float(self._keys[0].max()) if self._keys and len(self._keys[0]) else math.inf
+
     def result(self, position: int = 0) -> tuple[np.ndarray, ...]:
         """The sampled rows, sorted by their array number ``position`` (e.g. row number)."""
         if not self._keys:
             return ()
         self._compact()
         rows = self._rows[0]
-        order = np.argsort(rows[position], kind="stable")
+        order = rows[position]
+        if len(order) < 2 or (order[1:] >= order[:-1]).all():
+            return rows  # added in order: no copy
+        order = np.argsort(order, kind="stable")
         return tuple(r[order] for r in rows)
 
     @property
@@ -328,12 +360,17 @@ def split_keys(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Split:
-    """Rows whose key is below ``threshold`` are held out for validation."""
+    """Rows whose key is below ``threshold`` are held out for validation.
+
+    ``sample_limit``: the training rows whose key is at most this are the normalizer's
+    sample of ``sample_rows`` (every training row when they are fewer).
+    """
 
     seed: int
     threshold: float
     train_rows: int
     val_rows: int
+    sample_limit: float = math.inf
 
     def is_val(self, keys: np.ndarray) -> np.ndarray:
         return keys < self.threshold
@@ -343,27 +380,31 @@ def plan_split(raw: Path, id_col: str, config: NormalizeConfig) -> Split:
     """Hold out the rows whose key is below ``val_fraction``, reading only the id column.
 
     At least one row goes to each side: on a tiny table, the row with the smallest key
-    is held out, or the one with the largest is kept for training.
+    is held out, or the one with the largest is kept for training. Also finds the key
+    limit of the normalizer's sample. Memory: ``sample_rows`` keys, whatever the rows.
     """
-    keys = np.concatenate(
-        [
-            split_keys(batch.column(0), config.seed)
-            for path in parquet_files(raw)
-            for batch in pq.ParquetFile(path).iter_batches(columns=[id_col])
-        ]
-        or [np.zeros(0)]
-    )
-    if len(keys) < 2:
-        message = f"{raw}: {len(keys)} rows are too few to hold out a validation split"
+    rows = n_val = 0
+    low, high = math.inf, -math.inf
+    sample = BottomK(config.sample_rows)
+    for path in parquet_files(raw):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=[id_col]):
+            keys = split_keys(batch.column(0), config.seed)
+            rows += len(keys)
+            held = keys < config.val_fraction
+            n_val += int(held.sum())
+            if len(keys):
+                low, high = min(low, float(keys.min())), max(high, float(keys.max()))
+            sample.add(keys[~held])
+    if rows < 2:
+        message = f"{raw}: {rows} rows are too few to hold out a validation split"
         raise AepipeError(message)
     threshold = config.val_fraction
-    n_val = int((keys < threshold).sum())
     if n_val == 0:
-        threshold = float(np.nextafter(keys.min(), 1.0))
-    elif n_val == len(keys):
-        threshold = float(keys.max())
-    n_val = int((keys < threshold).sum())
-    return Split(config.seed, threshold, len(keys) - n_val, n_val)
+        threshold, n_val = float(np.nextafter(low, 1.0)), 1
+    elif n_val == rows:
+        threshold, n_val = high, rows - 1
+    limit = sample.kth() if sample.seen > config.sample_rows else math.inf
+    return Split(config.seed, threshold, rows - n_val, n_val, limit)
 
 
 class NormalizerFit:
@@ -375,13 +416,19 @@ class NormalizerFit:
     ``robust``; exact when every training row fits in the sample.
     """
 
-    def __init__(self, normalizer: Normalizer, sample_rows: int, source: str = "input") -> None:
+    def __init__(
+        self,
+        normalizer: Normalizer,
+        sample_rows: int,
+        source: str = "input",
+        sample_limit: float | None = None,
+    ) -> None:
         self.normalizer, self.source = normalizer, source
         self.counts: list[dict[str, int] | None] = [
             None if normalizer.kinds[c] in NUMBERS else {} for c in normalizer.columns
         ]
         self.missing = [False] * len(normalizer.columns)
-        self.sample = BottomK(sample_rows)
+        self.sample = BottomK(sample_rows, sample_limit)
         self.n = 0
         self.n_obs = self.mean = self.m2 = self.low = self.high = None
 
@@ -505,10 +552,11 @@ def normalize(
         config.hash_buckets,
         config.missing_indicator,
     )
-    fitting = NormalizerFit(normalizer, config.sample_rows, str(raw))
+    limit = None if split.sample_limit == math.inf else split.sample_limit
+    fitting = NormalizerFit(normalizer, config.sample_rows, str(raw), limit)
     columns = list(dict.fromkeys([schema["id_col"], *schema["features"]]))
     for path in parquet_files(raw):
-        for batch in pq.ParquetFile(path).iter_batches(columns=columns):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=columns):
             keys = split_keys(batch.column(schema["id_col"]), split.seed)
             train = ~split.is_val(keys)
             fitting.add(batch.filter(pa.array(train)), keys[train])
@@ -538,7 +586,7 @@ def transform_file(raw: Path, out: Path, normalizer: Normalizer, schema: dict) -
     """Encode one raw file into one processed file, a record batch at a time."""
     passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
     seed, threshold = schema["split"]["seed"], schema["split"]["threshold"]
-    file = pq.ParquetFile(raw)
+    file = pq.ParquetFile(raw, pre_buffer=False)
     fields = [file.schema_arrow.field(c) for c in passthrough]
     fields += [pa.field(SPLIT, pa.string())]
     fields += [pa.field(name, pa.float32()) for name in schema["encoded"]]
@@ -572,7 +620,7 @@ def iter_features(
     schema = read_schema(processed)
     encoded = schema["encoded"]
     for path in parquet_files(processed):
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(path, pre_buffer=False)
         for batch in file.iter_batches(batch_size=batch_rows, columns=[*columns, *encoded]):
             width = len(columns)
             x = np.empty((batch.num_rows, len(encoded)), np.float32)
@@ -587,26 +635,41 @@ def load_features(
     """A uniform sample of at most ``max_rows`` processed rows of ``split`` (``train``/``val``).
 
     The sample is the rows with the smallest split keys, in table order: the same rows on
-    every run, and every row when they fit. ``None`` reads every row of both splits.
+    every run, and every row when they fit. ``None`` reads every row of both splits. Two
+    passes: the keys alone, then the rows, straight into arrays of the sample's size.
     """
     schema = read_schema(processed)
-    label_col, seed = schema["label_col"], schema["split"]["seed"]
-    extra = [schema["id_col"], SPLIT, *([label_col] if label_col else [])]
-    sample = BottomK(max_rows or count_rows(processed))
+    label_col, seed, id_col = schema["label_col"], schema["split"]["seed"], schema["id_col"]
+    files = parquet_files(processed)
+    keys = BottomK(max_rows or 1)
+    for path in files:
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=[id_col, SPLIT]):
+            chosen = _chosen(batch.column(1), split)
+            keys.add(split_keys(batch.column(0), seed)[chosen])
+    total = keys.seen
+    size = min(total, max_rows) if max_rows else total
+    limit = keys.kth() if max_rows and total > max_rows else math.inf
+    sample = BottomK(max(size, 1), limit)
+    extra = [id_col, SPLIT, *([label_col] if label_col else [])]
     position = 0
     for batch, x in iter_features(processed, extra):
+        row_keys = split_keys(batch.column(0), seed)
+        chosen = np.flatnonzero(_chosen(batch.column(1), split) & (row_keys <= limit))
         is_val = batch.column(1).to_numpy(zero_copy_only=False) == "val"
-        keys = split_keys(batch.column(0), seed)
-        rows = np.arange(position, position + len(x))
+        labels = batch.column(2).to_numpy(zero_copy_only=False) if label_col else is_val
+        rows = chosen + position
         position += len(x)
-        labels = batch.column(2).to_numpy(zero_copy_only=False) if label_col else rows
-        chosen = np.ones(len(x), bool) if split is None else is_val == (split == "val")
-        if not chosen.all():
-            keys, x, is_val, labels, rows = (a[chosen] for a in (keys, x, is_val, labels, rows))
-        sample.add(keys, rows, x, is_val, labels)
+        sample.add(row_keys[chosen], rows, x[chosen], is_val[chosen], labels[chosen])
     result = sample.result(position=0)
+    if result:
+        result = result[1:]
     if not result:
         width = len(schema["encoded"])
-        result = (np.zeros(0, np.int64), np.zeros((0, width), np.float32), np.zeros(0, bool), None)
-    _, x, is_val, labels = result
-    return Features(x, is_val, labels if label_col else None, sample.seen)
+        result = (np.zeros((0, width), np.float32), np.zeros(0, bool), None)
+    x, is_val, labels = result
+    return Features(x, is_val, labels if label_col else None, total)
+
+
+def _chosen(split_column: pa.Array, split: str | None) -> np.ndarray:
+    values = split_column.to_numpy(zero_copy_only=False)
+    return np.ones(len(values), bool) if split is None else values == split

@@ -119,7 +119,7 @@ def check_ids(raw: Path, column: str, shown: str) -> None:
     """
     nulls, keys = 0, []
     for path in parquet_files(raw):
-        for batch in pq.ParquetFile(path).iter_batches(columns=[column]):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=[column]):
             ids = batch.column(0)
             nulls += ids.null_count
             values = ids.to_numpy(zero_copy_only=False)

@@ -153,7 +153,7 @@ def input_example(layout: Layout, rows: int = 5) -> pd.DataFrame:
 
     features = read_schema(layout.raw)["features"]
     first = parquet_files(layout.raw)[0]
-    batches = pq.ParquetFile(first).iter_batches(batch_size=rows, columns=features)
+    batches = pq.ParquetFile(first, pre_buffer=False).iter_batches(batch_size=rows, columns=features)
     return next(batches).to_pandas()
 
 
