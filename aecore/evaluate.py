@@ -15,7 +15,7 @@ from torch import nn
 from aecore.config import EvaluateConfig
 from aecore.io import write_json
 from aecore.models import EVAL_BATCH, load_model
-from aecore.normalize import Normalizer, load_features
+from aecore.normalize import Normalizer, load_samples
 from aecore.schema import read_schema
 from aecore.scorer import AnomalyScorer
 
@@ -141,8 +141,8 @@ def evaluate(
 
     schema = read_schema(processed)
     features = schema["features"]
-    train = load_features(processed, "train", config.sample_rows)
-    val = load_features(processed, "val", config.sample_rows)
+    samples = load_samples(processed, {"train": config.sample_rows, "val": config.sample_rows})
+    train, val = samples["train"], samples["val"]
     model = load_model(model_path)
     k = model.k
     train_latents, train_errors, train_kl = encode_and_reconstruct(model, train.x)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -635,39 +635,54 @@ def load_features(
     """A uniform sample of at most ``max_rows`` processed rows of ``split`` (``train``/``val``).
 
     The sample is the rows with the smallest split keys, in table order: the same rows on
-    every run, and every row when they fit. ``None`` reads every row of both splits. Two
-    passes: the keys alone, then the rows, straight into arrays of the sample's size.
+    every run, and every row when they fit. ``None`` reads every row of both splits.
+    """
+    return load_samples(processed, {split: max_rows})[split]
+
+
+def load_samples(
+    processed: Path, sizes: Mapping[str | None, int | None]
+) -> dict[str | None, Features]:
+    """Uniform samples of several splits (``{"train": 1_000_000, "val": 65_536}``) at once.
+
+    Two passes over the processed files, whatever the number of splits: the keys alone,
+    to find each sample's largest key, then the rows, straight into arrays of the
+    samples' sizes. A size of ``None`` takes every row of that split.
     """
     schema = read_schema(processed)
     label_col, seed, id_col = schema["label_col"], schema["split"]["seed"], schema["id_col"]
-    files = parquet_files(processed)
-    keys = BottomK(max_rows or 1)
-    for path in files:
+    keys = {split: BottomK(size or 1) for split, size in sizes.items()}
+    for path in parquet_files(processed):
         for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=[id_col, SPLIT]):
-            chosen = _chosen(batch.column(1), split)
-            keys.add(split_keys(batch.column(0), seed)[chosen])
-    total = keys.seen
-    size = min(total, max_rows) if max_rows else total
-    limit = keys.kth() if max_rows and total > max_rows else math.inf
-    sample = BottomK(max(size, 1), limit)
+            row_keys = split_keys(batch.column(0), seed)
+            for split, sample in keys.items():
+                sample.add(row_keys[_chosen(batch.column(1), split)])
+    limits, samples = {}, {}
+    for split, size in sizes.items():
+        total = keys[split].seen
+        limits[split] = keys[split].kth() if size and total > size else math.inf
+        samples[split] = BottomK(max(min(total, size or total), 1), limits[split])
     extra = [id_col, SPLIT, *([label_col] if label_col else [])]
     position = 0
     for batch, x in iter_features(processed, extra):
         row_keys = split_keys(batch.column(0), seed)
-        chosen = np.flatnonzero(_chosen(batch.column(1), split) & (row_keys <= limit))
         is_val = batch.column(1).to_numpy(zero_copy_only=False) == "val"
         labels = batch.column(2).to_numpy(zero_copy_only=False) if label_col else is_val
-        rows = chosen + position
+        for split, sample in samples.items():
+            chosen = _chosen(batch.column(1), split) & (row_keys <= limits[split])
+            rows = np.flatnonzero(chosen)
+            sample.add(row_keys[rows], rows + position, x[rows], is_val[rows], labels[rows])
         position += len(x)
-        sample.add(row_keys[chosen], rows, x[chosen], is_val[chosen], labels[chosen])
-    result = sample.result(position=0)
-    if result:
-        result = result[1:]
-    if not result:
-        width = len(schema["encoded"])
-        result = (np.zeros((0, width), np.float32), np.zeros(0, bool), None)
-    x, is_val, labels = result
-    return Features(x, is_val, labels if label_col else None, total)
+    result = {}
+    for split, sample in samples.items():
+        arrays = sample.result(position=0)
+        if arrays:
+            x, is_val, labels = arrays[1:]
+        else:
+            x = np.zeros((0, len(schema["encoded"])), np.float32)
+            is_val, labels = np.zeros(0, bool), None
+        result[split] = Features(x, is_val, labels if label_col else None, keys[split].seen)
+    return result
 
 
 def _chosen(split_column: pa.Array, split: str | None) -> np.ndarray:

@@ -18,7 +18,7 @@ from aecore.config import ModelConfig, TrainConfig
 from aecore.errors import AepipeError
 from aecore.io import write_json
 from aecore.models import EVAL_BATCH, build_model, save_model
-from aecore.normalize import load_features
+from aecore.normalize import load_samples
 from aecore.schema import read_schema
 
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -248,8 +248,10 @@ def fit_autoencoder(
         and learning rate used, the steps, and why training stopped.
     """
     schema = read_schema(processed)
-    train_rows = load_features(processed, "train", train_config.max_rows)
-    val_rows = load_features(processed, "val", train_config.max_val_rows)
+    samples = load_samples(
+        processed, {"train": train_config.max_rows, "val": train_config.max_val_rows}
+    )
+    train_rows, val_rows = samples["train"], samples["val"]
     d = train_rows.x.shape[1]
     device = select_device(train_config.device)
     torch.manual_seed(train_config.seed)

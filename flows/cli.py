@@ -164,6 +164,15 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
         f"{metrics['recon_mse']:.4f}  vs PCA {metrics['pca_recon_mse']:.4f} "
         f"(ratio {metrics['recon_mse_vs_pca']:.3f})",
     )
+    fit = summary.get("fit", {})
+    if fit:
+        rows = f"{fit['train_rows']:,} of {fit['train_rows_total']:,} training rows"
+        rows += " (a uniform sample)" if fit["train_sampled"] else ""
+        table.add_row(
+            "training",
+            f"{fit['epochs_run']} epochs, stopped by {fit['stopped'].replace('_', ' ')}; "
+            f"batch {fit['batch_size']}; {rows}",
+        )
     if "auroc" in metrics:
         table.add_row("AUROC / AP", f"{metrics['auroc']:.4f} / {metrics['avg_precision']:.4f}")
     table.add_row(

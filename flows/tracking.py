@@ -22,6 +22,16 @@ STORE = Path("mlflow") / "mlflow.db"
 ARTIFACTS = Path("mlflow") / "artifacts"
 CHAMPION = "champion"
 MODEL_NAME = "model"  # the model's name inside its run
+# the train stage's facts logged as metrics: what it trained on, and how
+TRAIN_FACTS = (
+    "train_rows",
+    "train_rows_total",
+    "train_sampled",
+    "val_rows",
+    "batch_size",
+    "learning_rate",
+    "steps",
+)
 
 
 def default_uri(root: Path) -> str:
@@ -153,7 +163,9 @@ def input_example(layout: Layout, rows: int = 5) -> pd.DataFrame:
 
     features = read_schema(layout.raw)["features"]
     first = parquet_files(layout.raw)[0]
-    batches = pq.ParquetFile(first, pre_buffer=False).iter_batches(batch_size=rows, columns=features)
+    batches = pq.ParquetFile(first, pre_buffer=False).iter_batches(
+        batch_size=rows, columns=features
+    )
     return next(batches).to_pandas()
 
 
@@ -189,11 +201,17 @@ def publish(
         "best_epoch": fit["best_epoch"],
         "epochs_run": fit["epochs_run"],
         "train_rows_per_s": fit["train_rows_per_s"],
+        **{
+            key if key.startswith(("train_", "val_")) else f"train_{key}": float(fit[key])
+            for key in TRAIN_FACTS
+            if key in fit
+        },
         "latent_bytes": table.stat().st_size,
         "compression_ratio": folder_bytes(layout.raw) / table.stat().st_size,
         **{f"seconds_{stage}": value for stage, value in seconds.items()},
     }
     log_outputs(layout, final)
+    mlflow.set_tag("aepipe.train_stopped", fit.get("stopped", "epochs"))
     version, champion = register_model(model_uri, dataset, metrics["recon_mse"])
     return {
         "dataset": dataset,
@@ -204,6 +222,7 @@ def publish(
         "model_version": version,
         "champion": champion,
         "device": fit["device"],
+        "fit": dict(fit),
     }
 
 

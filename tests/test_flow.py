@@ -185,3 +185,20 @@ def test_bad_input_fails_the_run_and_writes_nothing(project, planted, source, op
     assert client.search_registered_models() == []
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_a_large_table_trains_on_a_logged_sample_within_its_budget(tmp_path):
+    from tests.conftest import write_project
+
+    root = write_project(tmp_path)
+    summary = train_autoencoder(
+        root=str(root), overrides={"train.max_rows": 500, "train.max_steps": 30}
+    )
+    fit = summary["fit"]
+    assert (fit["train_rows"], fit["stopped"], fit["steps"]) == (500, "max_steps", 30)
+    run = MlflowClient(tracking.default_uri(root)).get_run(summary["run_id"])
+    metrics = run.data.metrics
+    assert metrics["train_rows"] == 500 and metrics["train_sampled"] == 1
+    assert metrics["train_rows_total"] == fit["train_rows_total"] > 1000
+    assert metrics["evaluate_sampled"] == 0  # the evaluation still saw every row
+    assert run.data.tags["aepipe.train_stopped"] == "max_steps"

@@ -162,3 +162,23 @@ def test_dictionaries_only_for_text():
         "top_features.list.element",
         "tags.list.element",
     ]
+
+
+def test_text_types_widen_when_a_later_block_disagrees(tmp_path):
+    """Types come from a CSV's first 4 MB: a later 1.5 or "A17" widens the column, not fails."""
+    n = 400_000
+    frame = pd.DataFrame({"count": range(n), "code": range(n), "x": [0.5] * n})
+    frame["count"] = frame["count"].astype(object)
+    frame.loc[n - 2, "count"] = 1.5
+    frame["code"] = frame["code"].astype(object)
+    frame.loc[n - 1, "code"] = "A17"
+    source = tmp_path / "late.csv"
+    frame.to_csv(source, index=False)
+    assert source.stat().st_size > io.TEXT_BLOCK  # the odd values are past the first block
+    out = ingest(data_config(source), tmp_path / "raw")
+    table = pq.read_table(out)
+    assert str(table.schema.field("count").type) == "double"
+    assert str(table.schema.field("code").type) == "string"
+    assert table.column("count").to_pylist()[n - 2 :] == [1.5, n - 1]
+    assert table.num_rows == n and table.column("row_id").to_pylist()[-1] == n - 1
+    assert read_schema(out)["features"] == ["count", "x"]  # text, unique in each row: a key
