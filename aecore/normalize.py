@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from aecore.config import NORMALIZE_METHODS, NormalizeConfig
 from aecore.errors import AepipeError
-from aecore.io import atomic_dir, parquet_files, write_json
+from aecore.io import atomic_dir, dictionary_columns, parquet_files, write_json
 from aecore.schema import META_SCHEMA, Mapper, column_kind, read_schema, serial_map
 
 SPLIT = "split"
@@ -592,7 +592,15 @@ def transform_file(raw: Path, out: Path, normalizer: Normalizer, schema: dict) -
     fields += [pa.field(name, pa.float32()) for name in schema["encoded"]]
     out_schema = pa.schema(fields, metadata={META_SCHEMA: json.dumps(schema).encode()})
     columns = list(dict.fromkeys([*passthrough, *schema["features"]]))
-    with pq.ParquetWriter(out, out_schema, compression="zstd") as parquet:
+    flags = [
+        name
+        for name, scaled in zip(schema["encoded"], normalizer._scaled(), strict=True)
+        if not scaled
+    ]  # one-hot and missing-indicator inputs repeat: a dictionary; scaled numbers seldom do
+    dictionary = [*dictionary_columns(out_schema), *flags]
+    with pq.ParquetWriter(
+        out, out_schema, compression="zstd", use_dictionary=dictionary
+    ) as parquet:
         for batch in file.iter_batches(columns=columns):
             x = normalizer.transform(batch, str(raw))
             is_val = split_keys(batch.column(schema["id_col"]), seed) < threshold

@@ -14,7 +14,14 @@ import pyarrow.parquet as pq
 
 from aecore.config import DataConfig
 from aecore.errors import AepipeError
-from aecore.io import Source, TypeWidened, atomic_dir, conform, parquet_files
+from aecore.io import (
+    Source,
+    TypeWidened,
+    atomic_dir,
+    conform,
+    dictionary_columns,
+    parquet_files,
+)
 
 ROW_ID = "row_id"
 META_SCHEMA = b"aepipe.schema"
@@ -268,7 +275,13 @@ def ingest_file(
                         writer.close()
                         chunk += 1
                     target = folder / f"part-{number:05d}-{chunk:04d}.parquet"
-                    writer, in_file = pq.ParquetWriter(target, schema, compression="zstd"), 0
+                    writer = pq.ParquetWriter(
+                        target,
+                        schema,
+                        compression="zstd",
+                        use_dictionary=dictionary_columns(schema),  # floats: 5x faster without
+                    )
+                    in_file = 0
                 take = min(batch.num_rows - start, rows_per_file - in_file)
                 writer.write_batch(
                     batch.slice(start, take).replace_schema_metadata(schema.metadata)

@@ -46,7 +46,7 @@ def make_data(
         in_file = min(rows_per_file, rows - written)
         with (
             atomic_path(path) as temporary,
-            pq.ParquetWriter(temporary, schema, compression="zstd") as writer,
+            pq.ParquetWriter(temporary, schema, compression="zstd", use_dictionary=False) as writer,
         ):
             for start in range(0, in_file, CHUNK_ROWS):
                 n = min(CHUNK_ROWS, in_file - start)

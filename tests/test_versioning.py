@@ -155,7 +155,7 @@ def test_restore_brings_back_a_runs_exact_bytes(tmp_path):
     root = make_repo(tmp_path / "project", source=source)
     first = train_autoencoder(root=str(root))
     raw, table = (
-        root / "data/raw/sensors/part-00000.parquet",
+        root / "data/raw/sensors/part-00000-0000.parquet",
         root / "data/latents/sensors/batch=train/part-0.parquet",
     )
     before = raw.read_bytes(), table.read_bytes()
