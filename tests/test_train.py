@@ -248,3 +248,15 @@ def test_sparse_penalty_is_added(params):
         z = model.encode(x)
         expected = torch.nn.functional.mse_loss(model.decoder(z), x) + 1e-3 * z.abs().mean()
         assert float(model.loss(x)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_compiled_training_matches_eager(params):
+    """train.compile: torch.compile'd loss, the same training within float tolerance."""
+    x = low_rank()
+    histories = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = DenseAutoencoder(10, 3, (16,))
+        result = train(model, x[:300], x[300:], quick(params, epochs=3, compile=compiled))
+        histories.append([h["val_loss"] for h in result.history])
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-3)
