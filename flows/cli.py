@@ -21,6 +21,12 @@ app = typer.Typer(
 )
 
 PARAMS_HELP = "Parameters file holding every default."
+STOPPED = {
+    "epochs": "all of train.epochs",
+    "early_stopping": "stopped early (train.patience)",
+    "max_steps": "stopped by its step budget (train.max_steps)",
+    "max_minutes": "stopped by its time budget (train.max_minutes)",
+}
 Params = Annotated[Path, typer.Option("--params", help=PARAMS_HELP)]
 TaskRunner = Annotated[
     str | None,
@@ -170,7 +176,7 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
         rows += " (a uniform sample)" if fit["train_sampled"] else ""
         table.add_row(
             "training",
-            f"{fit['epochs_run']} epochs, stopped by {fit['stopped'].replace('_', ' ')}; "
+            f"{fit['epochs_run']} epochs, {STOPPED[fit['stopped']]}; "
             f"batch {fit['batch_size']}; {rows}",
         )
     if "auroc" in metrics:
