@@ -186,7 +186,9 @@ def evaluate(
     if train.labels is not None and val.labels is not None:
         labels = np.concatenate([train.labels[::step], val.labels[::step]])
     both_scores = np.concatenate([train_scores[::step], scores[::step]])
-    plots.latent_projection(both, labels, both_scores, figures / "latent_projection.png")
+    plots.latent_projection(
+        both, labels, both_scores, figures / "latent_projection.png", train.total + val.total
+    )
     if image_shape and math.prod(image_shape) == val.x.shape[1]:
         sample = val.x[:10]
         with torch.no_grad():

@@ -51,9 +51,16 @@ def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
 
 
 def latent_projection(
-    latents: np.ndarray, labels: np.ndarray | None, errors: np.ndarray, path: Path
+    latents: np.ndarray,
+    labels: np.ndarray | None,
+    errors: np.ndarray,
+    path: Path,
+    total: int | None = None,
 ) -> Path:
-    """The latents projected on their first two principal axes, coloured by label or score."""
+    """The latents projected on their first two principal axes, coloured by label or score.
+
+    ``total``: the table's rows, when ``latents`` are a sample of them (said in the title).
+    """
     centred = latents.astype(np.float64) - latents.mean(axis=0)
     if latents.shape[1] > 2:
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -82,7 +89,9 @@ def latent_projection(
     axis.set(
         xlabel="latent PC 1",
         ylabel="latent PC 2",
-        title="Latent space (2-D projection, 99% of rows)",
+        title="Latent space (2-D projection, 99% of rows)"
+        if not total or total <= len(latents)
+        else f"Latent space (2-D projection, a sample of {len(latents):,} of {total:,} rows)",
     )
     return _save(figure, path)
 

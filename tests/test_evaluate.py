@@ -11,7 +11,7 @@ from aecore.evaluate import (
     pca_baseline_mse,
     row_errors,
 )
-from aecore.models import DenseAutoencoder, VariationalAutoencoder, kl_divergence
+from aecore.models import DenseAutoencoder, VariationalAutoencoder, kl_divergence, load_model
 from aecore.scorer import AnomalyScorer
 from aecore.train import train
 
@@ -189,3 +189,57 @@ def test_vae_score_adds_its_kl_divergence_when_asked():
     )
     with pytest.raises(ValueError, match="pass kl"):
         anomaly_scores(latents, errors, with_kl)
+
+
+def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_path):
+    """Streamed in 128-row files, sampled below the limits: the same numbers as all rows."""
+    import dataclasses
+    import json
+
+    from sklearn.decomposition import PCA
+
+    from aecore.config import DataConfig
+    from aecore.evaluate import evaluate
+    from aecore.layout import Layout
+    from aecore.normalize import load_features, normalize
+    from aecore.schema import ingest
+    from aecore.train import fit_autoencoder
+
+    layout = Layout(tmp_path, "planted")
+    config = DataConfig("planted", str(planted), None, "is_anomaly_label", None, None)
+    ingest(config, layout.raw, rows_per_file=128)
+    normalize(layout.raw, layout.processed, layout.normalizer, params.normalize)
+    fit_autoencoder(
+        layout.processed,
+        layout.model,
+        layout.history,
+        params.model,
+        dataclasses.replace(params.train, epochs=3, device="cpu"),
+    )
+    metrics = evaluate(
+        layout.processed,
+        layout.model,
+        layout.normalizer,
+        layout.history,
+        layout.reports,
+        params.evaluate,
+    )
+    assert metrics["rows"] == 600 and metrics["evaluate_sampled"] == 0
+    # independently, from every row at once
+    every = load_features(layout.processed)
+    x, is_val = every.x, every.is_val
+    model = load_model(layout.model)
+    latents, errors, kl = encode_and_reconstruct(model, x)
+    e = params.evaluate
+    scorer = AnomalyScorer(e.latent_weight, e.kl_weight, e.score_trim)
+    scorer.fit(latents[~is_val], errors[~is_val], kl[~is_val])
+    reference = json.loads(layout.reference.read_text())
+    for key, value in scorer.to_dict().items():
+        np.testing.assert_allclose(reference[key], value, rtol=1e-6, err_msg=key)
+    scores = scorer.score(latents[is_val], errors[is_val], kl[is_val])
+    assert metrics["threshold"] == pytest.approx(
+        np.quantile(scores, e.threshold_quantile), rel=1e-6
+    )
+    pca = PCA(n_components=model.k).fit(x[~is_val].astype(np.float64))
+    expected = np.mean((pca.inverse_transform(pca.transform(x[is_val])) - x[is_val]) ** 2)
+    assert metrics["pca_recon_mse"] == pytest.approx(expected, rel=1e-6)
