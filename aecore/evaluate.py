@@ -82,6 +82,22 @@ def fit_threshold(errors: np.ndarray, quantile: float) -> float:
     return float(np.quantile(errors, quantile))
 
 
+def anomaly_rate(
+    val_scores: np.ndarray,
+    train_scores: np.ndarray,
+    threshold: float,
+    val_rows: int,
+    train_rows: int,
+) -> float:
+    """The share of all rows above the threshold, from samples of each split.
+
+    Each split's rate counts by its rows in the table, so that capped samples of a large
+    table do not tilt it (the exact share when the samples hold every row).
+    """
+    rates = [float((s > threshold).mean()) if len(s) else 0.0 for s in (val_scores, train_scores)]
+    return (rates[0] * val_rows + rates[1] * train_rows) / max(val_rows + train_rows, 1)
+
+
 def summarize_errors(errors: np.ndarray) -> dict[str, float]:
     """Mean, max and quantiles of per-row errors, as ``recon_error_p99``-style keys."""
     summary = {"recon_error_mean": float(errors.mean()), "recon_error_max": float(errors.max())}
@@ -156,7 +172,6 @@ def evaluate(
     recon_mse = float(feature_errors.mean(dtype=np.float64))
     pca_mse = pca_baseline_mse(train.x, val.x, k)
     plain = anomaly_metrics(val.labels, val_errors)
-    flagged = int((scores > threshold).sum() + (train_scores > threshold).sum())
     sampled = len(train.x) < train.total or len(val.x) < val.total
     metrics = {
         "rows": train.total + val.total,
@@ -166,7 +181,7 @@ def evaluate(
         "pca_recon_mse": pca_mse,
         "recon_mse_vs_pca": recon_mse / pca_mse if pca_mse > 0 else math.inf,
         "threshold": threshold,
-        "anomaly_rate": flagged / max(len(scores) + len(train_scores), 1),
+        "anomaly_rate": anomaly_rate(scores, train_scores, threshold, val.total, train.total),
         "evaluate_train_rows": len(train.x),
         "evaluate_val_rows": len(val.x),
         "evaluate_sampled": int(sampled),

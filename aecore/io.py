@@ -35,8 +35,8 @@ _CONVERSION = re.compile(r"(?:CSV column #(\d+)|Column\((/[^)]*)\))")
 
 def redact_url(source: str) -> str:
     """Hide credentials and query strings in a URL so that it can be logged."""
-    redacted = re.sub(r"(?<=://)[^/]*@", "***@", source)
-    return re.sub(r"\?.*$", "?***", redacted) if "://" in redacted else redacted
+    redacted = re.sub(r"(?<=://)[^/\s]*@", "***@", source)
+    return re.sub(r"\?[^\s'\"]*", "?***", redacted) if "://" in redacted else redacted
 
 
 def format_of(path: str) -> str | None:
@@ -98,6 +98,7 @@ class Source:
         else:
             self.fs, self.files = list_source_files(source)
         self._schema: pa.Schema | None = None
+        self._file_schemas: dict[tuple[str, str], pa.Schema] = {}
 
     def shown_file(self, path: str) -> str:
         """A file's name as errors show it: secrets hidden."""
@@ -144,16 +145,22 @@ class Source:
     # -- one file ------------------------------------------------------------------------
 
     def _file_schema(self, path: str) -> pa.Schema:
+        """A file's columns as read, kept so that an error handler never reads it again."""
+        if (path, str(self.widened)) in self._file_schemas:
+            return self._file_schemas[path, str(self.widened)]
         if self.fs is None:
-            return demo_table(path).schema
-        if format_of(path) == "parquet":
+            schema = demo_table(path).schema
+        elif format_of(path) == "parquet":
             with self._open(path) as handle:
-                return self._guard(path, lambda: pq.read_schema(handle))
-        reader = self._text_reader(path)
-        try:
-            return reader.schema
-        finally:
-            reader.close()
+                schema = self._guard(path, lambda: pq.read_schema(handle))
+        else:
+            reader = self._text_reader(path)
+            try:
+                schema = reader.schema
+            finally:
+                reader.close()
+        self._file_schemas[path, str(self.widened)] = schema
+        return schema
 
     def file_batches(self, path: str) -> Iterator[pa.RecordBatch]:
         """The record batches of one file, as read (``conform`` them to ``schema()``)."""
@@ -226,14 +233,21 @@ class Source:
         """Widen the column a conversion error names, or say why the file is unreadable."""
         text = str(error).strip()
         found = _CONVERSION.search(text)
-        if found and ("conversion error" in text or "changed from" in text):
-            schema = self._file_schema(path)
+        schema = self._file_schemas.get((path, str(self.widened)))
+        if found and schema and ("conversion error" in text or "changed from" in text):
             name = schema.names[int(found[1])] if found[1] else found[2].lstrip("/")
             current = self.widened.get(name) or (
                 schema.field(name).type if name in schema.names else pa.string()
             )
+            widened = pa.float64() if pa.types.is_integer(current) else pa.string()
+            if format_of(path) == "json" and pa.types.is_string(widened):
+                message = (
+                    f"{self.shown_file(path)}: column {name!r} holds both numbers and text; "
+                    "quote its values, or give a CSV or Parquet source"
+                )
+                return AepipeError(message)
             if not pa.types.is_string(current):
-                self.widened[name] = pa.float64() if pa.types.is_integer(current) else pa.string()
+                self.widened[name] = widened
                 self._schema = None
                 return TypeWidened(name)
         reason = text.splitlines()[0] if text else type(error).__name__
@@ -307,8 +321,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     Leftovers of a crashed write (``.<name>.*.tmp`` beside ``path``) are removed first.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    ours = re.compile(rf"^\.{re.escape(path.name)}\.[^.]+(\.old)?\.tmp$")  # not .<name>.eu.*
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        if ours.match(leftover.name):
+            shutil.rmtree(leftover, ignore_errors=True)
     temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     os.chmod(temporary, 0o777 & ~_umask())
     try:

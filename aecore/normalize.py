@@ -385,7 +385,7 @@ def plan_split(raw: Path, id_col: str, config: NormalizeConfig) -> Split:
     """
     rows = n_val = 0
     low, high = math.inf, -math.inf
-    sample = BottomK(config.sample_rows)
+    sample = BottomK(config.sample_rows + 1)  # one spare: a tiny table moves one row out
     for path in parquet_files(raw):
         for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=[id_col]):
             keys = split_keys(batch.column(0), config.seed)
@@ -394,7 +394,7 @@ def plan_split(raw: Path, id_col: str, config: NormalizeConfig) -> Split:
             n_val += int(held.sum())
             if len(keys):
                 low, high = min(low, float(keys.min())), max(high, float(keys.max()))
-            sample.add(keys[~held])
+            sample.add(keys[~held], keys[~held])
     if rows < 2:
         message = f"{raw}: {rows} rows are too few to hold out a validation split"
         raise AepipeError(message)
@@ -403,7 +403,11 @@ def plan_split(raw: Path, id_col: str, config: NormalizeConfig) -> Split:
         threshold, n_val = float(np.nextafter(low, 1.0)), 1
     elif n_val == rows:
         threshold, n_val = high, rows - 1
-    limit = sample.kth() if sample.seen > config.sample_rows else math.inf
+    train_keys = np.sort(sample.result()[0] if sample.seen else np.zeros(0))
+    train_keys = train_keys[train_keys >= threshold]
+    limit = (
+        float(train_keys[config.sample_rows - 1]) if rows - n_val > config.sample_rows else math.inf
+    )
     return Split(config.seed, threshold, rows - n_val, n_val, limit)
 
 
@@ -434,6 +438,8 @@ class NormalizerFit:
 
     def add(self, data: pa.Table | pa.RecordBatch, keys: np.ndarray) -> None:
         """Fold training rows into the fit; ``keys`` are their ``split_keys``."""
+        if data.num_rows == 0:
+            return  # a batch of held-out rows only
         normalizer = self.normalizer
         numbers = []
         for i, values in enumerate(normalizer.numbers(data, self.source)):

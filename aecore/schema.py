@@ -168,37 +168,57 @@ def ingest(
     source = Source(config.source)
     for _ in range(MAX_WIDENINGS):
         schema, _ = plan_ingest(source, config)
-        with atomic_dir(out) as folder:
-            if map_parts is None:
-                widened, offset = {}, 0
-                for number, path in enumerate(source.files):
-                    result = ingest_file(
-                        source, number, path, offset, folder, schema, rows_per_file
-                    )
-                    widened |= result.get("widened", {})
-                    if widened:
-                        break
-                    offset += result["rows"]
-            else:
-                offsets = [0] * len(source.files)
-                if config.id_col is None:
-                    counts = map_parts(count_file_rows, [(source, p) for p in source.files])
-                    offsets = [int(x) for x in np.cumsum([0, *counts[:-1]])]
-                items = [
-                    (source, number, path, offsets[number], folder, schema, rows_per_file)
-                    for number, path in enumerate(source.files)
-                ]
-                widened = {}
-                for result in map_parts(ingest_file, items):
-                    widened |= result.get("widened", {})
-            if widened:
-                source.widen(widened)
-                continue  # a column's type was widened: read again from the start
-            if config.id_col:
-                check_ids(folder, config.id_col, source.shown)
+        try:
+            with atomic_dir(out) as folder:
+                widened = _ingest_files(source, config, folder, schema, rows_per_file, map_parts)
+                if widened:
+                    raise _Restart(widened)  # leaves the old folder as it was
+                if config.id_col:
+                    check_ids(folder, config.id_col, source.shown)
+        except _Restart as restart:
+            source.widen(restart.widened)  # a column's type was widened: read it all again
+            continue
         return out
     message = f"{source.shown}: column types keep changing; give a Parquet source"
     raise AepipeError(message)
+
+
+class _Restart(Exception):
+    def __init__(self, widened: dict[str, pa.DataType]) -> None:
+        super().__init__(sorted(widened))
+        self.widened = widened
+
+
+def _ingest_files(
+    source: Source,
+    config: DataConfig,
+    folder: Path,
+    schema: pa.Schema,
+    rows_per_file: int,
+    map_parts: Mapper | None,
+) -> dict[str, pa.DataType]:
+    """Write every source file into ``folder``; return the columns to widen, if any."""
+    widened: dict[str, pa.DataType] = {}
+    if map_parts is None:
+        offset = 0
+        for number, path in enumerate(source.files):
+            result = ingest_file(source, number, path, offset, folder, schema, rows_per_file)
+            widened |= result.get("widened", {})
+            if widened:
+                return widened
+            offset += result["rows"]
+        return widened
+    offsets = [0] * len(source.files)
+    if config.id_col is None:
+        counts = map_parts(count_file_rows, [(source, p) for p in source.files])
+        offsets = [int(x) for x in np.cumsum([0, *counts[:-1]])]
+    items = [
+        (source, number, path, offsets[number], folder, schema, rows_per_file)
+        for number, path in enumerate(source.files)
+    ]
+    for result in map_parts(ingest_file, items):
+        widened |= result.get("widened", {})
+    return widened
 
 
 def plan_ingest(source: Source, config: DataConfig) -> tuple[pa.Schema, dict]:

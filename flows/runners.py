@@ -39,14 +39,27 @@ def part_task(function: Callable[..., Any], item: tuple) -> Any:
     return function(*item)
 
 
-def submit_parts(function: Callable[..., Any], items: Sequence[tuple]) -> list[Any]:
-    """Run ``function(*item)`` per item as tasks on the flow's task runner; results in order."""
+def submit_parts(
+    function: Callable[..., Any], items: Sequence[tuple], return_exceptions: bool = False
+) -> list[Any]:
+    """Run ``function(*item)`` per item as tasks on the flow's task runner; results in order.
+
+    Every task runs to its end before a failure is raised; with ``return_exceptions``, a
+    failed item's exception takes its place in the list instead.
+    """
     name = function.__name__.replace("_", "-")
     futures = [
         part_task.with_options(name=name, task_run_name=f"{name}-{number}").submit(function, item)
         for number, item in enumerate(items)
     ]
-    return [future.result() for future in futures]
+    results = []
+    for future in futures:
+        future.wait()
+        result = future.result(raise_on_failure=False)
+        if isinstance(result, BaseException) and not return_exceptions:
+            raise result
+        results.append(result)
+    return results
 
 
 def mapper(config: OrchestrationConfig) -> Callable[..., list[Any]] | None:

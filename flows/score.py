@@ -165,10 +165,11 @@ def record(
 
 def score_inbox_in_parallel(
     files: list[Path], model_uri: str, layout: Layout, params: cfg.Params, root: Path
-) -> list[dict[str, Any]]:
+) -> tuple[list[tuple[Path, dict[str, Any]]], list[BaseException]]:
     """Score inbox files on the task runner's workers at once, then track each in MLflow.
 
-    The model is loaded once, here, and sent to the workers.
+    The model is loaded once, here, and sent to the workers. Returns the files scored with
+    their summaries, and the failures: the caller records the first before raising one.
     """
     python_model, info = tracking.load_scoring_model(model_uri)
     scoring = (python_model.model, python_model.normalizer, python_model.reference)
@@ -185,12 +186,15 @@ def score_inbox_in_parallel(
         )
         for path, batch_id in zip(files, batches, strict=True)
     ]
-    results = submit_parts(score_into, items)
-    recorded = []
+    results = submit_parts(score_into, items, return_exceptions=True)
+    recorded, failures = [], []
     for path, batch_id, result in zip(files, batches, results, strict=True):
+        if isinstance(result, BaseException):
+            failures.append(result)
+            continue
         with scoring_run(str(path), batch_id, model_uri, layout, root) as run:
-            recorded.append(record(result, batch_id, layout, params, run))
-    return recorded
+            recorded.append((path, record(result, batch_id, layout, params, run)))
+    return recorded, failures
 
 
 @flow(name="score-batch", log_prints=True)
@@ -233,11 +237,13 @@ def score_batches(
     ledger = read_ledger(layout)
     files = pending_files(folder, ledger)
     if mapper(params.orchestration) and len(files) > 1:
-        results = score_inbox_in_parallel(files, model_uri, layout, params, base)
-        for path, result in zip(files, results, strict=True):
+        scored, failures = score_inbox_in_parallel(files, model_uri, layout, params, base)
+        for path, result in scored:
             enter(ledger, path, result)
-        write_json(ledger, ledger_path(layout))
-        return results
+        write_json(ledger, ledger_path(layout))  # what succeeded is kept, then failures raise
+        if failures:
+            raise failures[0]
+        return [result for _, result in scored]
     results = []
     for path in files:  # the ledger is written after each file: a failure loses no progress
         results.append(

@@ -1,6 +1,7 @@
 """Scale-out: the same flow on a 2-worker Dask cluster writes what the sequential run writes."""
 
 import asyncio
+import json
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,22 @@ def check_scoring(roots, source, cluster):
         assert flow(overrides=overrides, root=str(root), dataset="source") == []  # scored once
     assert scored["local"].query("batch == 'all'")["row_id"].tolist() == list(range(750))
     pd.testing.assert_frame_equal(scored["local"], scored["dask"], rtol=1e-6)
+    # a broken file among good ones: the good ones are scored and recorded, then it fails
+    root, inbox = roots["dask"], roots["dask"] / "data/inbox/source"
+    (inbox / "day-2.csv").write_bytes((source / "day-2.csv").read_bytes())
+    pd.read_csv(source / "day-2.csv").drop(columns="f3").to_csv(inbox / "bad.csv", index=False)
+    overrides = {
+        "orchestration.task_runner": "dask",
+        "orchestration.dask_address": cluster.scheduler_address,
+    }
+    flow = with_task_runner(score_batches, OrchestrationConfig("dask", cluster.scheduler_address))
+    state = flow(overrides=overrides, root=str(root), dataset="source", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="bad.csv: column 'f3' is missing"):
+        state.result()
+    ledger = json.loads((root / "data/scored/source.json").read_text())
+    assert sorted(entry["batch_id"] for entry in ledger.values()) == ["day-0", "day-1", "day-2"]
+    assert (root / "data/latents/source/batch=day-2/part-0.parquet").exists()
 
 
 def task_names_of_last_flow_run() -> set[str]:

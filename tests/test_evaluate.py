@@ -243,3 +243,11 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
     pca = PCA(n_components=model.k).fit(x[~is_val].astype(np.float64))
     expected = np.mean((pca.inverse_transform(pca.transform(x[is_val])) - x[is_val]) ** 2)
     assert metrics["pca_recon_mse"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_anomaly_rate_weighs_each_split_by_its_rows():
+    from aecore.evaluate import anomaly_rate
+
+    val, train = np.array([0.0, 2.0]), np.array([0.0, 0.0, 0.0, 2.0])  # 50% and 25% flagged
+    assert anomaly_rate(val, train, 1.0, 2, 4) == pytest.approx(2 / 6)  # every row: exact
+    assert anomaly_rate(val, train, 1.0, 2_000_000, 8_000_000) == pytest.approx(0.3)

@@ -182,3 +182,44 @@ def test_text_types_widen_when_a_later_block_disagrees(tmp_path):
     assert table.column("count").to_pylist()[n - 2 :] == [1.5, n - 1]
     assert table.num_rows == n and table.column("row_id").to_pylist()[-1] == n - 1
     assert read_schema(out)["features"] == ["count", "x"]  # text, unique in each row: a key
+
+
+def test_a_failed_restart_keeps_the_last_raw_folder(tmp_path, monkeypatch):
+    """A widening restarts the ingest; when the rerun then fails, nothing is replaced."""
+    monkeypatch.setattr(io, "TEXT_BLOCK", 1024)
+    source = tmp_path / "t.csv"
+    source.write_text("id,x\n" + "".join(f"{i},{i}\n" for i in range(100)))
+    out = ingest(data_config(source, id_col="id"), tmp_path / "raw")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    lines = "".join(f"{i},{i}\n" for i in range(3000))
+    source.write_text(f"id,x\n{lines}1,2.5\n")  # x widens to float, then id 1 repeats
+    with pytest.raises(AepipeError, match="id column 'id' has duplicate values"):
+        ingest(data_config(source, id_col="id"), tmp_path / "raw")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_jsonl_numbers_then_text_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "TEXT_BLOCK", 1024)
+    source = tmp_path / "mixed.jsonl"
+    lines = [f'{{"x": {i}, "y": 1}}' for i in range(300)] + ['{"x": "v", "y": 2}'] * 300
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AepipeError, match=r"mixed.jsonl: column 'x' holds both numbers and text"):
+        ingest(data_config(source), tmp_path / "raw")
+
+
+def test_multi_line_errors_hide_query_strings():
+    text = "GET https://u:p@h/f.csv?sig=SECRET failed\nstatus 403 for https://h/g?token=T2"
+    shown = io.redact_url(text)
+    assert "SECRET" not in shown and "T2" not in shown and "u:p" not in shown
+    assert shown.endswith("https://h/g?***")
+
+
+def test_leftovers_of_another_dataset_are_not_touched(tmp_path):
+    other = tmp_path / ".sales.eu.abc123.tmp"  # an ingest of "sales.eu" in progress
+    other.mkdir()
+    mine = tmp_path / ".sales.x1y2z3.tmp"  # a crashed ingest of "sales"
+    mine.mkdir()
+    with io.atomic_dir(tmp_path / "sales") as folder:
+        (folder / "a").write_text("1")
+    assert other.exists() and not mine.exists()

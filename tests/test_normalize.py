@@ -181,3 +181,28 @@ def test_sampled_features_are_uniform_and_fixed(frame, tmp_path):
     np.testing.assert_array_equal(sample.x, again.x)
     rows = {tuple(row) for row in everything.x.round(5)}
     assert all(tuple(row) in rows for row in sample.x.round(5))  # real training rows
+
+
+def test_a_file_of_held_out_rows_only_and_tiny_samples(tmp_path):
+    """A raw file whose rows are all held out; a sample of one row on a tiny table."""
+    frame = pd.DataFrame({"id": np.arange(60), "a": np.arange(60.0), "b": np.arange(60.0) % 7})
+    keys = split_keys(pa.array(frame["id"]), 0)
+    held = frame[keys < 0.2]
+    (tmp_path / "src").mkdir()
+    frame[keys >= 0.2].to_csv(tmp_path / "src/a.csv", index=False)
+    held.iloc[:1].to_csv(tmp_path / "src/b.csv", index=False)  # one row, held out
+    raw = schema.ingest(
+        DataConfig("t", str(tmp_path / "src"), "id", None, None, None), tmp_path / "r"
+    )
+    config = NormalizeConfig("robust", 0.2, 0, 20, 16, True, 1)
+    summary = normalize(raw, tmp_path / "p", tmp_path / "n.json", config)
+    assert summary["val_rows"] == 1 and summary["normalize_sampled"]
+    tiny = pd.DataFrame({"id": np.arange(5), "a": np.arange(5.0)})
+    tiny.to_csv(tmp_path / "tiny.csv", index=False)
+    raw = schema.ingest(
+        DataConfig("t", str(tmp_path / "tiny.csv"), "id", None, None, None), tmp_path / "t"
+    )
+    for seed in range(4):
+        config = NormalizeConfig("zscore", 1e-6, seed, 20, 16, True, 1)
+        summary = normalize(raw, tmp_path / f"q{seed}", tmp_path / "m.json", config)
+        assert (summary["train_rows"], summary["val_rows"]) == (4, 1)
