@@ -8,8 +8,9 @@ In one process, on a synthetic table (``make_data``, 1M rows x 64 by default):
    second of its loop (its per-epoch validation included).
 
 FLOPs per row are counted from the Linear layers (forward 2 * in * out, backward twice
-that). Targets: aepipe >= 0.9x the bare loop at the same batch size, and >= 25% of the
-measured matmul peak at the defaults. Prints a table; exits 1 when a target is missed.
+that). The loop and the stage run twice, alternating; the best of each counts. Targets:
+aepipe >= 0.9x the bare loop at the same batch size, and >= 25% of the measured matmul
+peak at the defaults. Prints a table; exits 1 when a target is missed.
 
     .venv/bin/python benchmarks/train_speed.py [--rows 1000000] [--epochs 2]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import tempfile
 import time
@@ -35,6 +37,7 @@ from aecore.train import batch_plan, fit_autoencoder
 
 REPO = Path(__file__).resolve().parents[1]
 VS_BARE, OF_PEAK = 0.9, 0.25
+ROUNDS = 2
 
 
 def matmul_peak(seconds: float = 2.0, size: int = 2048) -> float:
@@ -96,16 +99,18 @@ def main() -> int:
         x = torch.from_numpy(load_features(layout.processed, "train", train_config.max_rows).x)
         batch, lr = batch_plan(len(x), train_config)
         peak = matmul_peak()
-        torch.manual_seed(0)
-        model = build_model(params.model, x.shape[1])
-        flops = flops_per_row(model)
-        bare = bare_loop(x, model, batch, lr, args.epochs)
-        start = time.perf_counter()
-        fit = fit_autoencoder(
-            layout.processed, layout.model, layout.history, params.model, train_config
-        )
-        stage_s = time.perf_counter() - start
-    ours = fit["train_rows_per_s"]
+        bare, ours, stage_s = 0.0, 0.0, math.inf
+        for _ in range(ROUNDS):  # alternating, best of each: a shared machine's noise
+            torch.manual_seed(0)
+            model = build_model(params.model, x.shape[1])
+            flops = flops_per_row(model)
+            bare = max(bare, bare_loop(x, model, batch, lr, args.epochs))
+            start = time.perf_counter()
+            fit = fit_autoencoder(
+                layout.processed, layout.model, layout.history, params.model, train_config
+            )
+            stage_s = min(stage_s, time.perf_counter() - start)
+            ours = max(ours, fit["train_rows_per_s"])
     rows = [
         ("matmul peak", "", f"{peak:.1f}", "100%", ""),
         (
