@@ -1,8 +1,9 @@
 """Scale: ``aepipe run`` with its defaults on 1M and 10M rows x 64, as whole processes.
 
 Each size gets a fresh project folder (params.yaml, no git or DVC, so the run measures
-the pipeline, not DVC's copies) and a synthetic table from ``aepipe make-data``. Each
-run is wrapped in a process of its own, whose children's peak RSS is the run's (the
+the pipeline, not DVC's copies) and a synthetic table from ``aepipe make-data``, all made
+and synced to disk before the first run, so that no run pays for another's writeback.
+Each run is wrapped in a process of its own, whose children's peak RSS is the run's (the
 largest of the aepipe process and Prefect's temporary server).
 
 Stage seconds are those the run logged to MLflow. Targets: peak RSS <= 2 GiB for every
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,8 +42,8 @@ print(json.dumps({"rc": done.returncode, "peak": peak, "wall": time.perf_counter
 """
 
 
-def run_size(rows: int, cols: int, root: Path) -> dict:
-    """Make the data, then time ``aepipe run`` on it in a process of its own."""
+def make_project(rows: int, cols: int, root: Path) -> Path:
+    """A project folder with params.yaml and ``rows`` x ``cols`` synthetic rows in source/."""
     project = root / f"rows{rows}"
     project.mkdir()
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
@@ -51,6 +53,11 @@ def run_size(rows: int, cols: int, root: Path) -> dict:
         check=True,
         capture_output=True,
     )
+    return project
+
+
+def run_size(rows: int, project: Path) -> dict:
+    """Time ``aepipe run`` on a project's table, in a process of its own."""
     command = [str(AEPIPE), "run", "--source", "source", "--label-col", "label"]
     result = subprocess.run(
         [sys.executable, "-c", WRAPPER, *command],
@@ -58,7 +65,7 @@ def run_size(rows: int, cols: int, root: Path) -> dict:
         capture_output=True,
         text=True,
         check=True,
-        env={"COLUMNS": "200", **__import__("os").environ},
+        env={"COLUMNS": "200", **os.environ},
     )
     measured = json.loads(result.stdout)
     if measured["rc"] != 0:
@@ -86,7 +93,10 @@ def main() -> int:
     parser.add_argument("--cols", type=int, default=64)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        results = [run_size(rows, args.cols, Path(folder)) for rows in sorted(args.rows)]
+        sizes = sorted(args.rows)
+        projects = [make_project(rows, args.cols, Path(folder)) for rows in sizes]
+        os.sync()  # every table on disk before the first run: no writeback under a run
+        results = [run_size(rows, project) for rows, project in zip(sizes, projects, strict=True)]
     print(f"{'rows':>12} {'peak RSS':>10} {'wall s':>8} " + " ".join(f"{s:>9}" for s in STAGES))
     for r in results:
         stages = " ".join(f"{r['stages'].get(s, float('nan')):>9.1f}" for s in STAGES)
