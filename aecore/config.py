@@ -232,7 +232,11 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("model.kind", params.model.kind in MODEL_KINDS, str(tuple(MODEL_KINDS))),
         ("normalize.max_onehot", params.normalize.max_onehot >= 1, "at least 1"),
         ("normalize.hash_buckets", params.normalize.hash_buckets >= 2, "at least 2"),
-        ("model.latent_dim", (params.model.latent_dim or 1) >= 1, "null (auto) or at least 1"),
+        (
+            "model.latent_dim",
+            params.model.latent_dim is None or params.model.latent_dim >= 1,
+            "null (auto) or at least 1",
+        ),
         ("train.trim_fraction", 0 <= params.train.trim_fraction < 1, "in [0, 1)"),
         ("evaluate.latent_weight", 0 <= params.evaluate.latent_weight <= 1, "in [0, 1]"),
         ("evaluate.kl_weight", params.evaluate.kl_weight >= 0, "0 or more"),

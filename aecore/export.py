@@ -58,7 +58,8 @@ def latent_columns(
     columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}
     columns["recon_error"] = pa.array(row_errors(feature_errors))
     columns["anomaly_score"] = pa.array(scores)
-    columns["is_anomaly"] = pa.array(scores > float(reference["threshold"]))
+    # a row whose score cannot be computed (an infinite input) is flagged, never passed
+    columns["is_anomaly"] = pa.array(~(scores <= float(reference["threshold"])))
     columns["top_features"] = top_features(scaled, reference["features"])
     return columns
 

@@ -141,8 +141,13 @@ class Normalizer:
             start += width
         return out
 
-    def transform(self, data: Frame, source: str = "input") -> np.ndarray:
+    def transform(
+        self, data: Frame, source: str = "input", infinite: dict[str, int] | None = None
+    ) -> np.ndarray:
         """Return the model inputs of ``data`` as a float32 array ``(n, width)``.
+
+        An infinite number stays infinite, so the row cannot be scored; ``infinite``, when
+        given, receives the rows with one per source column (``{"amount": 3}``).
 
         Raises:
             AepipeError: naming ``source`` and the column, when one is missing or its type
@@ -154,6 +159,16 @@ class Normalizer:
         data = as_arrow(data)
         columns = (self._values(self._column(data, c, source), c, source) for c in self.columns)
         x = self._encode(columns, data.num_rows)  # one column read at a time
+        if infinite is not None:
+            bad = np.isinf(x)
+            if bad.any():
+                start = 0
+                for name, code in zip(self.columns, self.codes, strict=True):
+                    width = block_width(code)
+                    count = int(bad[:, start : start + width].any(axis=1).sum())
+                    if count:
+                        infinite[name] = infinite.get(name, 0) + count
+                    start += width
         np.copyto(x, self.median_, where=np.isnan(x))  # impute and scale in place: x is ours
         x -= self.center_
         x /= self.scale_
@@ -608,7 +623,15 @@ def transform_file(raw: Path, out: Path, normalizer: Normalizer, schema: dict) -
         out, out_schema, compression="zstd", use_dictionary=dictionary
     ) as parquet:
         for batch in file.iter_batches(columns=columns):
-            x = normalizer.transform(batch, str(raw))
+            infinite: dict[str, int] = {}
+            x = normalizer.transform(batch, str(raw), infinite)
+            if infinite:
+                name, count = next(iter(infinite.items()))
+                message = (
+                    f"{schema['source']}: column {name!r} holds {count} infinite values "
+                    "(inf or -inf) in a batch of its rows; make them empty (missing) or finite"
+                )
+                raise AepipeError(message)
             is_val = split_keys(batch.column(schema["id_col"]), seed) < threshold
             arrays = [batch.column(c) for c in passthrough]
             arrays.append(pa.array(np.where(is_val, "val", "train")))

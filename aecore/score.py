@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ class ScoreSummary:
     anomalies: int = 0
     error_sum: float = 0.0
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(len(HISTOGRAM_EDGES) - 1))
+    infinite: dict[str, int] = field(default_factory=dict)  # unscorable rows per column
+    unscored: int = 0
     latent_sum: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -45,9 +46,12 @@ class ScoreSummary:
     def merge(self, other: ScoreSummary) -> None:
         """Add another part's totals (a file scored elsewhere)."""
         self.rows += other.rows
+        self.unscored += other.unscored
         self.anomalies += other.anomalies
         self.error_sum += other.error_sum
         self.histogram = self.histogram + other.histogram
+        for name, count in other.infinite.items():
+            self.infinite[name] = self.infinite.get(name, 0) + count
         if other.latent_sum is not None:
             self.latent_sum = (
                 other.latent_sum if self.latent_sum is None else self.latent_sum + other.latent_sum
@@ -58,6 +62,10 @@ class ScoreSummary:
         """Fold one record batch into the running totals."""
         self.rows += len(errors)
         self.anomalies += int(flags.sum())
+        finite = np.isfinite(errors)
+        if not finite.all():  # rows that could not be scored: flagged, out of the statistics
+            self.unscored += int((~finite).sum())
+            errors, latents = errors[finite], latents[finite]
         self.error_sum += float(errors.sum(dtype=np.float64))
         self.histogram += np.histogram(errors, HISTOGRAM_EDGES)[0]
         sums = latents.sum(axis=0, dtype=np.float64)
@@ -78,18 +86,21 @@ class ScoreSummary:
         """
         if not self.rows:
             return {"rows": 0}
+        scored = max(self.rows - self.unscored, 1)  # the error statistics: scored rows only
         reference_q = np.asarray(reference["error_quantiles"])
-        ours = np.cumsum(self.histogram) / self.rows
+        ours = np.cumsum(self.histogram) / scored
         theirs = np.interp(HISTOGRAM_EDGES[1:], reference_q, np.linspace(0, 1, len(reference_q)))
         std = np.maximum(np.asarray(reference["latent_std"]), 1e-12)
-        shift = np.abs(self.latent_sum / self.rows - np.asarray(reference["latent_mean"])) / std
+        mean = (self.latent_sum if self.latent_sum is not None else 0.0) / scored
+        shift = np.abs(mean - np.asarray(reference["latent_mean"])) / std
         return {
             "rows": self.rows,
+            "unscored_rows": self.unscored,
             "anomaly_rate": self.anomalies / self.rows,
-            "recon_error_mean": self.error_sum / self.rows,
+            "recon_error_mean": self.error_sum / scored,
             "recon_error_p99": self.quantile(0.99),
             "drift_ks": float(np.max(np.abs(ours - theirs))),
-            "latent_mean_shift": float(shift.max()),
+            "latent_mean_shift": float(np.max(shift)),
         }
 
 
@@ -198,7 +209,7 @@ def score_batch(
     model_parts = (model, normalizer, reference, batch_rows)
     with latent_partition(out, info, row_group_size) as writer:
         if map_parts is None or len(dataset.files) < 2:
-            for table, latents in scored_tables(dataset, shown, 0, *model_parts):
+            for table, latents in scored_tables(dataset, shown, 0, *model_parts, summary.infinite):
                 writer.write(table)
                 summary.add_table(table, latents)
         else:
@@ -231,8 +242,12 @@ def score_batch(
         if writer.rows == 0:
             message = f"{shown}: no rows to score"
             raise AepipeError(message)
-    if math.isnan(summary.error_sum):
-        summary.warnings.append(f"{shown}: some reconstruction errors are NaN")
+    if summary.unscored:
+        columns = ", ".join(f"{name!r} ({count})" for name, count in summary.infinite.items())
+        summary.warnings.append(
+            f"{shown}: {summary.unscored} rows could not be scored (infinite values in "
+            f"{columns or 'their inputs'}); they are flagged is_anomaly, anomaly_score NaN"
+        )
     return summary
 
 
@@ -244,19 +259,23 @@ def scored_tables(
     normalizer: Normalizer,
     reference: Mapping,
     batch_rows: int,
+    infinite: dict[str, int] | None = None,
 ) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """The scored rows of ``dataset`` with their latents, a record batch at a time.
 
     ``row_id`` (when the model was trained without an id column) counts from ``first_row``.
+    ``infinite`` receives, per column, the rows that could not be scored for an infinite
+    value in it.
     """
     scorer = AnomalyScorer.from_dict(reference)
     features, id_col, label_col = reference["features"], reference["id_col"], reference["label_col"]
     passthrough = [c for c in (id_col, label_col) if c and c in dataset.schema.names]
+    infinite = {} if infinite is None else infinite
     row = first_row
     for batch in read_batches(dataset, [*passthrough, *features], batch_rows):
         if batch.num_rows == 0:
             continue
-        x = normalizer.transform(batch, shown)
+        x = normalizer.transform(batch, shown, infinite)
         latents, feature_errors, kl = encode_and_reconstruct(model, x)
         columns = {c: batch.column(c) for c in passthrough}
         if id_col == ROW_ID:
@@ -288,7 +307,7 @@ def score_file(
     dataset = ds.dataset([path], filesystem=fs, format=kind)
     summary, writer = ScoreSummary(), None
     for table, latents in scored_tables(
-        dataset, shown, first_row, model, normalizer, reference, batch_rows
+        dataset, shown, first_row, model, normalizer, reference, batch_rows, summary.infinite
     ):
         if writer is None:
             writer = pa.ipc.new_file(str(out), table.schema)

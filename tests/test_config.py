@@ -90,3 +90,8 @@ def test_layout_stays_under_data(tmp_path):
     layout = Layout(tmp_path, "d")
     for path in (layout.raw, layout.processed, layout.model, layout.metrics, layout.latents):
         assert Path(path).is_relative_to(tmp_path / "data")
+
+
+def test_latent_dim_zero_is_refused_not_taken_as_auto(params):
+    with pytest.raises(AepipeError, match=r"model.latent_dim = 0 is invalid; expected null"):
+        params.with_overrides({"model.latent_dim": 0})

@@ -206,3 +206,15 @@ def test_a_file_of_held_out_rows_only_and_tiny_samples(tmp_path):
         config = NormalizeConfig("zscore", 1e-6, seed, 20, 16, True, 1)
         summary = normalize(raw, tmp_path / f"q{seed}", tmp_path / "m.json", config)
         assert (summary["train_rows"], summary["val_rows"]) == (4, 1)
+
+
+def test_training_refuses_infinite_values_by_column(frame, tmp_path):
+    source = tmp_path / "t.csv"
+    frame.assign(b=np.where(np.arange(200) % 50 == 0, np.inf, frame["b"])).to_csv(
+        source, index=False
+    )
+    raw = schema.ingest(DataConfig("t", str(source), "id", "label", None, None), tmp_path / "r")
+    config = NormalizeConfig("zscore", 0.2, 0, 20, 16, True, 262144)
+    with pytest.raises(AepipeError, match=r"t.csv: column 'b' holds 4 infinite values"):
+        normalize(raw, tmp_path / "p", tmp_path / "n.json", config)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "n.json").exists()

@@ -155,3 +155,20 @@ def test_make_data_streams_files_with_planted_anomalies(tmp_path):
         tmp_path / "e", rows=300_000, cols=6, anomaly_rate=0.05, seed=1, rows_per_file=200_000
     )
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "e"), frame)  # seeded
+
+
+def test_rows_with_infinite_values_are_flagged_and_named(trained):
+    layout, frame = trained
+    batch = frame.iloc[:500].copy()
+    batch.loc[[3, 7], "f2"] = np.inf
+    batch.loc[9, "f5"] = -np.inf
+    batch.to_parquet(layout.root / "inf.parquet")
+    summary = run(layout, layout.root / "inf.parquet", "inf")
+    scored = read_latents(layout.latents, ["inf"]).set_index("key")
+    bad = scored.loc[batch["key"].iloc[[3, 7, 9]]]
+    assert bad["is_anomaly"].all() and bad["anomaly_score"].isna().all()  # never passed
+    assert scored.drop(bad.index)["anomaly_score"].notna().all()
+    [warning] = summary.warnings
+    assert "3 rows could not be scored (infinite values in 'f2' (2), 'f5' (1))" in warning
+    metrics = summary.metrics(json.loads(layout.reference.read_text()))
+    assert metrics["unscored_rows"] == 3 and np.isfinite(metrics["recon_error_mean"])
