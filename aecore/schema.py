@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,14 @@ META_SCHEMA = b"aepipe.schema"
 ROWS_PER_FILE = 1 << 20  # rows per raw and processed Parquet file
 KEY_ROWS = 1 << 16  # a text column with a different value in each of its first rows is a key
 MAX_WIDENINGS = 64
+
+
+OUTPUTS = ("recon_error", "anomaly_score", "is_anomaly", "top_features", "batch")
+
+
+def is_output_name(name: str) -> bool:
+    """Whether ``name`` is a column the latent table adds (``z0``…, ``recon_error``…)."""
+    return name in OUTPUTS or re.fullmatch(r"z\d+", name) is not None
 
 
 def is_numeric(column_type: pa.DataType) -> bool:
@@ -85,6 +94,13 @@ def select_columns(head: pa.Table, config: DataConfig, shown: str) -> tuple[str,
     if config.id_col is None and ROW_ID in names:
         message = f"{shown}: column {ROW_ID!r} exists; pass it as the id column (--id-col)"
         raise AepipeError(message)
+    for role, column in (("id", config.id_col), ("label", config.label_col)):
+        if column is not None and is_output_name(column):
+            message = (
+                f"{shown}: {role} column {column!r} has the name of a latent-table column "
+                "(z0…, recon_error, anomaly_score, is_anomaly, top_features, batch); rename it"
+            )
+            raise AepipeError(message)
     roles = {config.id_col, config.label_col}
     if config.features is not None:
         features = list(config.features)

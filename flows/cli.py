@@ -52,7 +52,11 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep:
             fail(f"--set {pair!r}: expected section.key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            reason = str(error).splitlines()[0]
+            fail(f"--set {key.strip()}: not a plain YAML value ({reason})")
     return overrides
 
 

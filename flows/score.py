@@ -23,6 +23,8 @@ from flows import tracking
 from flows.runners import mapper, retry_unless_user_error, submit_parts
 from flows.train import artifact_key
 
+RESERVED_BATCHES = ("train",)  # batch=train is the training run's table
+
 
 def ledger_path(layout: Layout) -> Path:
     """The record of the inbox files already scored for a dataset."""
@@ -228,9 +230,12 @@ def score_batches(
     model_uri = model or f"models:/{tracking.registered_name(layout.dataset)}@champion"
     tracking.configure(base)
     if source is not None:
-        batch = batch_id or cfg.dataset_name(source)
+        batch = cfg.dataset_name(source) if batch_id is None else batch_id.strip()
+        if batch in RESERVED_BATCHES:
+            message = f"batch id {batch!r} is reserved for the training table; choose another"
+            raise AepipeError(message)
         return [score_one(source, batch, model_uri, layout, params, base)]
-    if batch_id:
+    if batch_id is not None:
         message = "--batch-id names one batch: give --source too (the inbox has one per file)"
         raise AepipeError(message)
     folder = base / params.score.inbox / layout.dataset

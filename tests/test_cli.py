@@ -88,13 +88,20 @@ def test_bad_input_is_one_line_and_exit_2(project):
         (["--set", "model.kind=lstm"], "model.kind = 'lstm' is invalid"),
         (["--dataset", "../outside"], "data.dataset = '../outside' is invalid"),
         (["--params", "other.yaml"], "other.yaml: parameters file not found"),
+        (["--latent-dim", "0"], "model.latent_dim = 0 is invalid"),
+        (
+            ["--set", 'train.seed=!!python/object/apply:os.system ["touch pwned"]'],
+            "--set train.seed: not a plain YAML value",
+        ),
     ],
 )
 def test_bad_parameters_fail_before_any_work(project, args, message):
     result = aepipe("run", *args, cwd=project, timeout=60)
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (project / "data").exists() and not (project / "mlflow").exists()
+    assert not (project / "pwned").exists()
 
 
 def test_score_defaults_to_the_dataset_trained_last(tmp_path):

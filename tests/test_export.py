@@ -167,3 +167,14 @@ def test_top_features_name_the_corrupted_column(trained, frame, tmp_path):
         for e in feature_errors[10:20]
     ]
     assert names[10:20] == expected  # the three largest errors, largest first
+
+
+def test_partitions_get_the_users_umask(trained):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = run_export(trained)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by other users, as batch=train is

@@ -223,3 +223,11 @@ def test_leftovers_of_another_dataset_are_not_touched(tmp_path):
     with io.atomic_dir(tmp_path / "sales") as folder:
         (folder / "a").write_text("1")
     assert other.exists() and not mine.exists()
+
+
+@pytest.mark.parametrize(("role", "name"), [("label_col", "recon_error"), ("id_col", "z0")])
+def test_roles_named_like_outputs_are_refused(tmp_path, frame, role, name):
+    source = tmp_path / "t.csv"
+    frame.assign(**{name: range(200)}).to_csv(source, index=False)
+    with pytest.raises(AepipeError, match=rf"t.csv: \w+ column '{name}' has the name of a latent"):
+        ingest(data_config(source, **{role: name}), tmp_path / "raw")

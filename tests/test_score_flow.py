@@ -105,3 +105,22 @@ def test_schema_drift_fails_the_flow_and_writes_nothing(trained):
     with pytest.raises(Exception, match="broken.parquet: column 'f4' is missing"):
         state.result()
     assert not (root / "data/latents/sensors/batch=broken").exists()
+
+
+@pytest.mark.parametrize("batch_id", ["train", "", "  "])
+def test_reserved_and_empty_batch_ids_are_refused(trained, batch_id):
+    root, frame, _ = trained
+    frame.iloc[3000:3100].to_csv(root / "day9.csv", index=False)
+    before = (root / "data/latents/sensors/batch=train/part-0.parquet").read_bytes()
+    state = score_batches(
+        source=str(root / "day9.csv"),
+        batch_id=batch_id,
+        dataset="sensors",
+        root=str(root),
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"batch id|not a valid name"):
+        state.result()
+    assert (root / "data/latents/sensors/batch=train/part-0.parquet").read_bytes() == before
+    assert not list((root / "data/latents/sensors").glob("batch=/*"))
