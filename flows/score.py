@@ -214,7 +214,8 @@ def score_batches(
     Args:
         source: a file, folder, glob or URL, scored as one batch. Without it, every file
             of the inbox ``<score.inbox>/<dataset>`` not scored yet, one batch per file.
-        model: the model URI; default ``models:/<dataset>-autoencoder@champion``.
+        model: the model URI; default ``models:/<dataset>-autoencoder@champion``. A
+            registered aepipe model names its dataset, which then need not be given.
         batch_id: the partition ``batch=<id>`` (one batch only); default: the file's name.
         dataset: the dataset; default params.yaml's.
         overrides: parameters as dotted keys, e.g. ``{"orchestration.task_runner": "dask"}``.
@@ -226,7 +227,11 @@ def score_batches(
     """
     base = Path(root).resolve()
     params = cfg.load_params(base / params_path).with_overrides(overrides or {})
-    layout = Layout(base, dataset or params.data.dataset)
+    trained_on = tracking.dataset_of(model) if model else None
+    if dataset and trained_on and dataset != trained_on:
+        message = f"{model} is the model of dataset {trained_on!r}, not of {dataset!r}"
+        raise AepipeError(message)
+    layout = Layout(base, dataset or trained_on or params.data.dataset)
     model_uri = model or f"models:/{tracking.registered_name(layout.dataset)}@champion"
     tracking.configure(base)
     if source is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -82,6 +83,12 @@ def warm_up(root: Path, dataset: str) -> None:
 def registered_name(dataset: str) -> str:
     """The registry name of a dataset's model."""
     return f"{dataset}-autoencoder"
+
+
+def dataset_of(model_uri: str) -> str | None:
+    """The dataset of a registered aepipe model's URI (``models:/<dataset>-autoencoder…``)."""
+    found = re.fullmatch(r"models:/(?P<name>[^/@]+)-autoencoder(?:[/@].*)?", model_uri)
+    return found["name"] if found else None
 
 
 def ensure_experiment(name: str, root: Path) -> str:

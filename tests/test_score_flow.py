@@ -124,3 +124,21 @@ def test_reserved_and_empty_batch_ids_are_refused(trained, batch_id):
         state.result()
     assert (root / "data/latents/sensors/batch=train/part-0.parquet").read_bytes() == before
     assert not list((root / "data/latents/sensors").glob("batch=/*"))
+
+
+def test_the_model_names_the_dataset_it_scores_into(trained):
+    root, frame, training = trained
+    frame.iloc[3000:3200].to_csv(root / "day8.csv", index=False)
+    model = f"models:/sensors-autoencoder/{training['model_version']}"
+    [result] = score_batches(source=str(root / "day8.csv"), model=model, root=str(root))
+    assert result["partition"].endswith("data/latents/sensors/batch=day8/part-0.parquet")
+    assert not (root / "data/latents/digits").exists()  # params.yaml's dataset untouched
+    state = score_batches(
+        source=str(root / "day8.csv"),
+        model=model,
+        dataset="digits",
+        root=str(root),
+        return_state=True,
+    )
+    with pytest.raises(Exception, match="is the model of dataset 'sensors', not of 'digits'"):
+        state.result()
