@@ -16,6 +16,7 @@ import pandas as pd
 
 from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns
+from aecore.io import file_digest
 from aecore.models import load_model
 from aecore.normalize import Normalizer
 from aecore.scorer import AnomalyScorer
@@ -30,6 +31,7 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         """Load the weights, the normalizer and the threshold from the model's artifacts."""
         self.model = load_model(Path(context.artifacts["model"]))
         self.normalizer = Normalizer.from_json(Path(context.artifacts["normalizer"]))
+        self.normalizer_sha256 = file_digest(Path(context.artifacts["normalizer"]), "sha256")
         self.reference = json.loads(Path(context.artifacts["scoring"]).read_text())
         self.scorer = AnomalyScorer.from_dict(self.reference)
 

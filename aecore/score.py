@@ -16,7 +16,7 @@ from torch import nn
 from aecore.errors import AepipeError
 from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns, latent_partition
-from aecore.io import format_of, list_source_files, redact_url
+from aecore.io import file_digest, format_of, list_source_files, redact_url
 from aecore.normalize import Normalizer
 from aecore.schema import ROW_ID, Mapper, column_kind, is_numeric
 from aecore.scorer import AnomalyScorer
@@ -202,6 +202,9 @@ def score_batch(
     scorer = AnomalyScorer.from_dict(reference)
     summary = ScoreSummary(warnings=check_schema(dataset.schema, reference, shown))
     info = {
+        "data_version": source_version(source),
+        "id_col": reference["id_col"],
+        "label_col": reference["label_col"] or "",
         **metadata,
         "threshold": repr(float(reference["threshold"])),
         "latent_dim": len(scorer.latent_mean_),
@@ -249,6 +252,12 @@ def score_batch(
             f"{columns or 'their inputs'}); they are flagged is_anomaly, anomaly_score NaN"
         )
     return summary
+
+
+def source_version(source: str) -> str:
+    """The version of a batch's input: ``md5:<hex>`` of a local file, else empty."""
+    path = Path(source)
+    return f"md5:{file_digest(path)}" if "://" not in source and path.is_file() else ""
 
 
 def scored_tables(

@@ -70,6 +70,7 @@ def score_task(
 ) -> dict[str, Any]:
     """Load the registered model and score one batch into its partition."""
     python_model, info = tracking.load_scoring_model(model_uri)
+    info = {**info, "normalizer_sha256": getattr(python_model, "normalizer_sha256", "")}
     return score_into(
         source,
         (python_model.model, python_model.normalizer, python_model.reference),
@@ -104,7 +105,12 @@ def score_into(
         normalizer,
         reference,
         out,
-        {"model_uri": info["model_uri"], "mlflow_run_id": info["run_id"], "batch_id": batch_id},
+        {
+            "model_uri": info["model_uri"],
+            "mlflow_run_id": info["run_id"],
+            "batch_id": batch_id,
+            "normalizer_sha256": info.get("normalizer_sha256", ""),
+        },
         batch_rows=config.batch_rows,
         row_group_size=row_group_size,
         map_parts=map_parts,
@@ -174,6 +180,7 @@ def score_inbox_in_parallel(
     their summaries, and the failures: the caller records the first before raising one.
     """
     python_model, info = tracking.load_scoring_model(model_uri)
+    info = {**info, "normalizer_sha256": getattr(python_model, "normalizer_sha256", "")}
     scoring = (python_model.model, python_model.normalizer, python_model.reference)
     batches = [cfg.dataset_name(str(path)) for path in files]
     items = [

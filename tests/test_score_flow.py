@@ -49,6 +49,14 @@ def test_scored_batch_is_tracked_against_its_model(trained):
     assert tags["aepipe.model_uri"] == f"models:/sensors-autoencoder/{training['model_version']}"
     assert tags["aepipe.training_run_id"] == training["run_id"]
     assert "aepipe.drift_warning" not in tags
+    from aecore.export import read_metadata
+
+    scored = read_metadata(root / "data/latents/sensors/batch=day1/part-0.parquet")
+    trained_meta = read_metadata(root / "data/latents/sensors/batch=train/part-0.parquet")
+    assert set(trained_meta) <= set(scored)  # the same keys in every partition
+    for key in ("normalizer_sha256", "id_col", "label_col", "latent_dim", "threshold"):
+        assert scored[key] == trained_meta[key], key
+    assert scored["data_version"].startswith("md5:")
 
 
 def test_inbox_files_are_scored_once(trained):
