@@ -19,6 +19,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NORMALIZE_METHODS = ("zscore", "minmax", "robust")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TASK_RUNNERS = ("local", "dask")
+KIND_NAMES = ("dense", "denoising", "sparse", "vae")  # aecore.models.MODEL_KINDS' keys
 
 
 @dataclass(frozen=True)
@@ -219,8 +220,6 @@ def params_from_dict(raw: Mapping[str, Any], origin: str = "params.yaml") -> Par
 
 def validate(params: Params, origin: str = "params.yaml") -> None:
     """Raise ``AepipeError`` naming the first parameter that is out of range."""
-    from aecore.models import MODEL_KINDS  # models imports torch: only when validating
-
     checks = [
         (
             "data.dataset",
@@ -229,7 +228,7 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ),
         ("normalize.method", params.normalize.method in NORMALIZE_METHODS, str(NORMALIZE_METHODS)),
         ("normalize.val_fraction", 0 < params.normalize.val_fraction < 1, "between 0 and 1"),
-        ("model.kind", params.model.kind in MODEL_KINDS, str(tuple(MODEL_KINDS))),
+        ("model.kind", params.model.kind in KIND_NAMES, str(KIND_NAMES)),
         ("normalize.max_onehot", params.normalize.max_onehot >= 1, "at least 1"),
         ("normalize.hash_buckets", params.normalize.hash_buckets >= 2, "at least 2"),
         (

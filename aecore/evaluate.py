@@ -119,6 +119,14 @@ def binary_labels(labels: np.ndarray | None) -> np.ndarray | None:
     return values.astype(np.int64)
 
 
+def label_classes(labels: np.ndarray | None) -> bool:
+    """Whether labels are classes to colour by: 0/1, or numbers of at most 20 values."""
+    if labels is None:
+        return False
+    numeric = np.issubdtype(np.asarray(labels).dtype, np.number)
+    return (numeric and len(np.unique(labels)) <= 20) or binary_labels(labels) is not None
+
+
 def anomaly_metrics(labels: np.ndarray | None, scores: np.ndarray) -> dict[str, float]:
     """AUROC and average precision of ``scores`` when ``labels`` are binary with both classes."""
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -202,7 +210,12 @@ def evaluate(
         labels = np.concatenate([train.labels[::step], val.labels[::step]])
     both_scores = np.concatenate([train_scores[::step], scores[::step]])
     plots.latent_projection(
-        both, labels, both_scores, figures / "latent_projection.png", train.total + val.total
+        both,
+        labels,
+        both_scores,
+        figures / "latent_projection.png",
+        train.total + val.total,
+        label_classes(labels),
     )
     if image_shape and math.prod(image_shape) == val.x.shape[1]:
         sample = val.x[:10]

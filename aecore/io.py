@@ -290,11 +290,6 @@ def parquet_files(path: Path) -> list[Path]:
     return files
 
 
-def count_rows(path: Path) -> int:
-    """The rows of a Parquet file or folder, from the footers."""
-    return sum(pq.read_metadata(p).num_rows for p in parquet_files(path))
-
-
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` that replaces it only when the block succeeds.

@@ -418,7 +418,7 @@ def plan_split(raw: Path, id_col: str, config: NormalizeConfig) -> Split:
         threshold, n_val = float(np.nextafter(low, 1.0)), 1
     elif n_val == rows:
         threshold, n_val = high, rows - 1
-    train_keys = np.sort(sample.result()[0] if sample.seen else np.zeros(0))
+    train_keys = sample.result()[0] if sample.seen else np.zeros(0)  # sorted: keys lead
     train_keys = train_keys[train_keys >= threshold]
     limit = (
         float(train_keys[config.sample_rows - 1]) if rows - n_val > config.sample_rows else math.inf

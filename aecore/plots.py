@@ -11,7 +11,6 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 
-from aecore.evaluate import binary_labels
 from aecore.io import atomic_path
 
 
@@ -56,10 +55,12 @@ def latent_projection(
     errors: np.ndarray,
     path: Path,
     total: int | None = None,
+    classes: bool = False,
 ) -> Path:
     """The latents projected on their first two principal axes, coloured by label or score.
 
     ``total``: the table's rows, when ``latents`` are a sample of them (said in the title).
+    ``classes``: the labels are classes (a colour each), not a value to shade by.
     """
     centred = latents.astype(np.float64) - latents.mean(axis=0)
     if latents.shape[1] > 2:
@@ -68,12 +69,8 @@ def latent_projection(
     else:
         points = np.column_stack([centred, np.zeros((len(centred), 2 - latents.shape[1]))])
     figure, axis = plt.subplots(figsize=(6, 5))
-    numeric = labels is not None and np.issubdtype(np.asarray(labels).dtype, np.number)
-    if labels is not None and (
-        (numeric and len(np.unique(labels)) <= 20) or binary_labels(labels) is not None
-    ):
-        classes = np.unique(labels)
-        for value in classes:
+    if labels is not None and classes:
+        for value in np.unique(labels):
             rows = labels == value
             axis.scatter(points[rows, 0], points[rows, 1], s=6, label=str(value))
         axis.legend(markerscale=3, fontsize="small", title="label", ncols=2)

@@ -199,9 +199,9 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
     from sklearn.decomposition import PCA
 
     from aecore.config import DataConfig
-    from aecore.evaluate import evaluate
     from aecore.layout import Layout
     from aecore.normalize import load_features, normalize
+    from aecore.pipeline import run_stage
     from aecore.schema import ingest
     from aecore.train import fit_autoencoder
 
@@ -216,14 +216,7 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
         params.model,
         dataclasses.replace(params.train, epochs=3, device="cpu"),
     )
-    metrics = evaluate(
-        layout.processed,
-        layout.model,
-        layout.normalizer,
-        layout.history,
-        layout.reports,
-        params.evaluate,
-    )
+    metrics = run_stage("evaluate", params, layout)
     assert metrics["rows"] == 600 and metrics["evaluate_sampled"] == 0
     # independently, from every row at once
     every = load_features(layout.processed)

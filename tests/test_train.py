@@ -260,3 +260,10 @@ def test_compiled_training_matches_eager(params):
         result = train(model, x[:300], x[300:], quick(params, epochs=3, compile=compiled))
         histories.append([h["val_loss"] for h in result.history])
     np.testing.assert_allclose(histories[1], histories[0], rtol=1e-3)
+
+
+def test_config_knows_every_model_kind():
+    from aecore.config import KIND_NAMES
+    from aecore.models import MODEL_KINDS
+
+    assert tuple(MODEL_KINDS) == KIND_NAMES
