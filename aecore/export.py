@@ -17,8 +17,10 @@ import pyarrow.parquet as pq
 import torch
 
 from aecore.config import ExportConfig
+from aecore.errors import AepipeError
 from aecore.evaluate import encode_and_reconstruct, row_errors
 from aecore.io import atomic_path, dictionary_columns, file_digest, parquet_files
+from aecore.layout import CURRENT, UNREGISTERED, current_version
 from aecore.models import load_model
 from aecore.normalize import iter_features
 from aecore.schema import Mapper, read_schema
@@ -166,7 +168,7 @@ def export(
         model_path: the trained weights.
         normalizer_path: its SHA-256 goes into the metadata.
         reference_path: the evaluation's reference.json: the anomaly score and threshold.
-        out: the partition file, e.g. ``data/latents/digits/batch=train/part-0.parquet``.
+        out: the partition file, e.g. ``data/latents/digits/model=3/batch=train/part-0.parquet``.
         config: row group size and float16 quantization.
         metadata: more ``aepipe.*`` metadata, e.g. ``model_uri`` and ``mlflow_run_id``.
         data_version: the version of the input data (DVC md5 of the raw data).
@@ -185,7 +187,9 @@ def export(
         "id_col": schema["id_col"],
         "label_col": schema["label_col"] or "",
         "model_uri": "",
+        "model_version": UNREGISTERED,
         "mlflow_run_id": "",
+        "batch_id": "train",
         **(metadata or {}),
     }
     files = parquet_files(processed)
@@ -254,11 +258,31 @@ def read_metadata(path: Path) -> dict[str, str]:
     }
 
 
-def read_latents(path: Path, batches: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read a latent table, all partitions or only ``batches``, with a ``batch`` column."""
+def read_latents(
+    path: Path, batches: Sequence[str] | None = None, version: str | None = None
+) -> pd.DataFrame:
+    """Read one latent space of a table: the current one, or model ``version``.
+
+    Args:
+        path: the table, ``data/latents/<dataset>``.
+        batches: only these partitions; default all of the model's.
+        version: the registered model version; default the one ``_current`` names, the
+            champion's.
+
+    Returns:
+        The rows, with ``batch`` as a string column (date-like ids included).
+
+    Raises:
+        AepipeError: when no version is given and the table has no current model yet.
+    """
     import pyarrow.dataset as ds
 
+    version = version or current_version(path)
+    if version is None:
+        message = f"{path}: no {CURRENT} pointer yet (no champion model has written this table)"
+        raise AepipeError(message)
     partitioning = ds.partitioning(pa.schema([("batch", pa.string())]), flavor="hive")
-    dataset = ds.dataset(path, format="parquet", partitioning=partitioning)
+    folder = Path(path) / f"model={version}"
+    dataset = ds.dataset(folder, format="parquet", partitioning=partitioning)
     expression = ds.field("batch").isin(list(batches)) if batches is not None else None
     return dataset.to_table(filter=expression).to_pandas()

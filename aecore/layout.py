@@ -77,21 +77,60 @@ class Layout:
         return self.reports / "figures"
 
     @property
+    def checkpoint(self) -> Path:
+        """Training's resume point, written during training and removed when it ends."""
+        return self.data / "models" / self.dataset / "checkpoint.pt"
+
+    @property
     def latents(self) -> Path:
-        """The hive-partitioned latent table of this dataset."""
+        """The latent table of this dataset: ``model=<version>/batch=<id>/`` partitions."""
         return self.data / "latents" / self.dataset
 
-    def partition(self, batch_id: str) -> Path:
-        """Return the one Parquet file of partition ``batch=<batch_id>``."""
+    @property
+    def current(self) -> Path:
+        """The pointer to the champion's latent space: one line, e.g. ``model=3``."""
+        return self.latents / CURRENT
+
+    def model_folder(self, version: str) -> Path:
+        """The partitions of one registered model version: one latent space."""
+        if not version.isdigit():
+            message = f"model version {version!r}: expected a registered version number"
+            raise AepipeError(message)
+        return self.latents / f"model={version}"
+
+    def partition(self, batch_id: str, version: str) -> Path:
+        """Return the one Parquet file of partition ``model=<version>/batch=<batch_id>``."""
         problem = check_name(batch_id)
         if problem:
             message = f"batch id: {problem}"
             raise AepipeError(message)
-        return self.latents / f"batch={batch_id}" / "part-0.parquet"
+        return self.model_folder(version) / f"batch={batch_id}" / "part-0.parquet"
+
+    @property
+    def export_record(self) -> Path:
+        """The export stage's DVC output: which partition it wrote, and its md5."""
+        return self.reports / "export.json"
+
+    @property
+    def journal(self) -> Path:
+        """What the pipeline wrote last: tells its own leftovers from a hand edit."""
+        return self.data / ".journal" / f"{self.dataset}.json"
 
     def stage_files(self) -> list[Path]:
         """Every file the stages wrote that DVC caches (metrics and plot data go to git)."""
         folders = [self.raw, self.processed, self.figures]
         files = [p for folder in folders for p in sorted(folder.glob("*")) if p.is_file()]
-        fixed = [self.normalizer, self.model, self.history, self.reference]
-        return [p for p in (*files, *fixed, self.partition("train")) if p.exists()]
+        fixed = [self.normalizer, self.model, self.history, self.reference, self.export_record]
+        return [p for p in (*files, *fixed) if p.exists()]
+
+
+CURRENT = "_current"  # readers skip names that start with "_" (pyarrow, Spark)
+UNREGISTERED = "0"  # the model version of a table exported outside the registry
+
+
+def current_version(latents: Path) -> str | None:
+    """The model version whose partitions consumers read (``_current``), or ``None``."""
+    pointer = latents / CURRENT
+    if not pointer.exists():
+        return None
+    return pointer.read_text().strip().removeprefix("model=")

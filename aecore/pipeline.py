@@ -10,7 +10,7 @@ from typing import Any
 
 from aecore import evaluate, export, io, normalize, schema, train
 from aecore.config import Params
-from aecore.layout import Layout
+from aecore.layout import UNREGISTERED, Layout
 
 STAGES = ("ingest", "normalize", "train", "evaluate", "export")
 
@@ -30,7 +30,8 @@ def run_stage(
         params: the run's settings.
         layout: the dataset's files.
         on_epoch: the train stage's per-epoch callback.
-        metadata: the export stage's extra ``aepipe.*`` metadata (model URI, run id).
+        metadata: the export stage's extra ``aepipe.*`` metadata (model URI, run id, and
+            ``model_version``, the partition's ``model=`` key).
         map_parts: runs the per-file work of ingest, normalize and export (the flow's
             Dask mapper); ``None``: one file after another, in this process.
 
@@ -62,16 +63,24 @@ def run_stage(
             params.data.image_shape,
         )
     if name == "export":
-        return export.export(
+        version = (metadata or {}).get("model_version", UNREGISTERED)
+        table = export.export(
             layout.processed,
             layout.model,
             layout.normalizer,
             layout.reference,
-            layout.partition("train"),
+            layout.partition("train", version),
             params.export,
             metadata,
             f"md5:{io.data_digest(layout.raw)}",
             map_parts,
         )
+        record = {
+            "partition": table.relative_to(layout.data).as_posix(),
+            "md5": io.file_digest(table),
+            **export.read_metadata(table),
+        }
+        io.write_json({k: v for k, v in record.items() if k != "created_at"}, layout.export_record)
+        return table
     message = f"unknown stage {name!r}; one of {', '.join(STAGES)}"
     raise ValueError(message)

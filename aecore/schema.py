@@ -123,6 +123,52 @@ def select_columns(head: pa.Table, config: DataConfig, shown: str) -> tuple[str,
     return id_col, features
 
 
+def unused_columns(head: pa.Table, roles: set[str | None], features: list[str]) -> dict[str, str]:
+    """The source columns that are neither id, label nor feature, each with the reason."""
+    unused = {}
+    for name in head.column_names:
+        if name in roles or name in features:
+            continue
+        kind = column_kind(head.schema.field(name).type)
+        if kind is None:
+            unused[name] = (
+                f"its type {head.schema.field(name).type} is not numeric, boolean, datetime or text"
+            )
+        elif kind == "categorical" and not is_feature(head.column(name)):
+            unused[name] = (
+                f"text with a different value in each of its first {head.num_rows:,} rows "
+                "(a key or free text): nothing to learn from; name it in data.features to use it"
+            )
+        else:
+            unused[name] = "not in data.features"
+    return unused
+
+
+def unused_warnings(roles: dict) -> list[str]:
+    """One warning per reason, naming the source columns that reason leaves out."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in roles.get("unused", {}).items():
+        by_reason.setdefault(reason, []).append(repr(name))
+    return [
+        f"{roles['source']}: column{'s' if len(names) > 1 else ''} {', '.join(names)} "
+        f"not used: {reason}"
+        for reason, names in by_reason.items()
+    ]
+
+
+def check_source(config: DataConfig) -> dict:
+    """Check the source and its columns from its first rows, before anything is written.
+
+    Returns:
+        The column roles: id column, features with their kinds, and ``unused`` columns
+        with the reason each is left out.
+
+    Raises:
+        AepipeError: naming the source and the column, as ingest would.
+    """
+    return plan_ingest(Source(config.source), config)[1]
+
+
 Mapper = Callable[[Callable[..., Any], Sequence[tuple]], list[Any]]
 
 
@@ -254,6 +300,7 @@ def plan_ingest(source: Source, config: DataConfig) -> tuple[pa.Schema, dict]:
         message = f"{shown}: the source has no rows"
         raise AepipeError(message)
     id_col, features = select_columns(first, config, shown)
+    unused = unused_columns(first, {config.id_col, config.label_col}, features)
     if config.id_col is None:
         schema = schema.insert(0, pa.field(ROW_ID, pa.int64()))
     roles = {
@@ -263,6 +310,7 @@ def plan_ingest(source: Source, config: DataConfig) -> tuple[pa.Schema, dict]:
         "features": features,
         "types": {name: str(schema.field(name).type) for name in features},
         "kinds": {name: column_kind(schema.field(name).type) for name in features},
+        "unused": unused,
     }
     return schema.with_metadata({META_SCHEMA: json.dumps(roles).encode()}), roles
 

@@ -93,7 +93,7 @@ def fit_aepipe(
     seconds = time.perf_counter() - start
     run_stage("evaluate", params, layout)  # fits the score and threshold; draws the plots
     reference = pd.read_json(layout.reference, typ="series").to_dict()
-    out = layout.partition("test")
+    out = layout.partition("test", "0")
     score_batch(
         str(root / "test.parquet"),
         load_model(layout.model),

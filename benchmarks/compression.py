@@ -54,7 +54,7 @@ def measure(name: str, source: str, label: str | None, k: int, root: Path) -> tu
         ae,
         pca,
         sum(p.stat().st_size for p in layout.raw.glob("*.parquet")),
-        layout.partition("train").stat().st_size,
+        layout.partition("train", "0").stat().st_size,
     )
 
 

@@ -85,12 +85,6 @@ def run(
 ) -> None:
     """Run the train-autoencoder flow: ingest, normalize, train, evaluate, export."""
     start = time.perf_counter()
-    from flows import server
-
-    temporary = server.start_if_needed()  # starts while the imports below run
-    from aecore.config import resolve_params
-    from aecore.errors import AepipeError
-
     overrides = {
         "model.kind": kind,
         "model.latent_dim": latent_dim,
@@ -100,8 +94,13 @@ def run(
         "orchestration.dask_address": dask_address,
     }
     overrides |= parse_sets(set_ or [])
+    resolved = preflight(params, source, dataset, id_col, label_col, overrides)
+    from flows import server
+
+    temporary = server.start_if_needed()  # starts while the imports below run
+    from aecore.errors import AepipeError
+
     try:
-        resolved = resolve_params(params, source, dataset, id_col, label_col, overrides)
         from flows import tracking
         from flows.runners import with_task_runner
         from flows.train import train_autoencoder
@@ -125,6 +124,30 @@ def run(
         fail(str(error))
     print_summary(summary, time.perf_counter() - start)
     exit_now()
+
+
+def preflight(
+    params: Path,
+    source: str | None,
+    dataset: str | None,
+    id_col: str | None,
+    label_col: str | None,
+    overrides: dict[str, Any],
+) -> Any:
+    """Check the parameters, the source and its columns before any server or run starts.
+
+    A mistake exits here with one line and status 2: nothing written, nothing tracked.
+    """
+    from aecore.config import resolve_params
+    from aecore.errors import AepipeError
+    from aecore.schema import check_source
+
+    try:
+        resolved = resolve_params(params, source, dataset, id_col, label_col, overrides)
+        check_source(resolved.data)
+    except AepipeError as error:
+        fail(str(error))
+    return resolved
 
 
 def exit_now(code: int = 0) -> None:

@@ -75,7 +75,7 @@ def score_task(
         source,
         (python_model.model, python_model.normalizer, python_model.reference),
         info,
-        layout.partition(batch_id),
+        layout.partition(batch_id, info["model_version"]),
         batch_id,
         params.score,
         params.export.row_group_size,
@@ -107,6 +107,7 @@ def score_into(
         out,
         {
             "model_uri": info["model_uri"],
+            "model_version": info["model_version"],
             "mlflow_run_id": info["run_id"],
             "batch_id": batch_id,
             "normalizer_sha256": info.get("normalizer_sha256", ""),
@@ -164,7 +165,7 @@ def record(
     )
     return {
         "batch_id": batch_id,
-        "partition": str(layout.partition(batch_id)),
+        "partition": str(layout.partition(batch_id, result["model"]["model_version"])),
         "metrics": metrics,
         "warnings": warnings,
         "run_id": run.info.run_id,
@@ -188,7 +189,7 @@ def score_inbox_in_parallel(
             str(path),
             scoring,
             info,
-            layout.partition(batch_id),
+            layout.partition(batch_id, info["model_version"]),
             batch_id,
             params.score,
             params.export.row_group_size,

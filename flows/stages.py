@@ -50,5 +50,6 @@ def export_and_track(params: Params, layout: Layout, root: Path) -> dict:
             write_table,
             seconds,
         )
-        mlflow.set_tags(versioning.describe(root, layout).tags)  # dvc.lock holds the rest
+        table = Path(summary["latent_table"])
+        mlflow.set_tags(versioning.describe(root, layout, table).tags)  # dvc.lock holds the rest
     return summary

@@ -185,9 +185,12 @@ def publish(
     write_table: Callable[[dict[str, str]], Path],
     seconds: Mapping[str, float],
 ) -> dict[str, Any]:
-    """Log the model, write the latent table that names it, log results, register.
+    """Log and register the model, write the latent table that names it, log results.
 
-    The model is registered last, so a failure before leaves no registered version.
+    The version is registered first, because its number keys the table's partitions
+    (``model=<version>``); when anything after that fails, the version is deleted again,
+    so a failed run leaves no registered model. The ``champion`` alias, and with it the
+    ``_current`` pointer that readers follow, move last.
 
     Args:
         layout: the run's files.
@@ -201,25 +204,35 @@ def publish(
     Returns:
         The run's summary: final metrics, table path, run id, model URI and version.
     """
-    model_uri = log_model(layout, input_example(layout))
-    table = write_table({"model_uri": model_uri, "mlflow_run_id": run_id})
-    final = {
-        **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
-        "best_epoch": fit["best_epoch"],
-        "epochs_run": fit["epochs_run"],
-        "train_rows_per_s": fit["train_rows_per_s"],
-        **{
-            key if key.startswith(("train_", "val_")) else f"train_{key}": float(fit[key])
-            for key in TRAIN_FACTS
-            if key in fit
-        },
-        "latent_bytes": table.stat().st_size,
-        "compression_ratio": folder_bytes(layout.raw) / table.stat().st_size,
-        **{f"seconds_{stage}": value for stage, value in seconds.items()},
-    }
-    log_outputs(layout, final)
-    mlflow.set_tag("aepipe.train_stopped", fit.get("stopped", "epochs"))
-    version, champion = register_model(model_uri, dataset, metrics["recon_mse"])
+    logged_uri = log_model(layout, input_example(layout))
+    name = registered_name(dataset)
+    version = str(mlflow.register_model(logged_uri, name).version)
+    model_uri = f"models:/{name}/{version}"
+    try:
+        table = write_table(
+            {"model_uri": model_uri, "model_version": version, "mlflow_run_id": run_id}
+        )
+        final = {
+            **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+            "best_epoch": fit["best_epoch"],
+            "epochs_run": fit["epochs_run"],
+            "train_rows_per_s": fit["train_rows_per_s"],
+            **{
+                key if key.startswith(("train_", "val_")) else f"train_{key}": float(fit[key])
+                for key in TRAIN_FACTS
+                if key in fit
+            },
+            "latent_bytes": table.stat().st_size,
+            "compression_ratio": folder_bytes(layout.raw) / table.stat().st_size,
+            **{f"seconds_{stage}": value for stage, value in seconds.items()},
+        }
+        log_outputs(layout, final)
+        mlflow.set_tag("aepipe.train_stopped", fit.get("stopped", "epochs"))
+        mlflow.set_tag("aepipe.model_uri", model_uri)
+        champion = promote(name, version, metrics["recon_mse"], layout)
+    except BaseException:
+        MlflowClient().delete_model_version(name, version)
+        raise
     return {
         "dataset": dataset,
         "metrics": final,
@@ -231,6 +244,29 @@ def publish(
         "device": fit["device"],
         "fit": dict(fit),
     }
+
+
+def promote(name: str, version: str, val_error: float, layout: Layout) -> bool:
+    """Make ``version`` the champion when it beats the current one; return whether it did.
+
+    The latent table's ``_current`` pointer follows the alias, so consumers who read the
+    current view see the champion's latent space, never a model that lost.
+    """
+    client = MlflowClient()
+    champion_error = champion_val_error(client, name)
+    better = champion_error is None or val_error < champion_error
+    if better:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        write_text_atomically(layout.current, f"model={version}\n")
+    return better
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` by a rename, so a reader sees the old or the new."""
+    from aecore.io import atomic_path
+
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -273,22 +309,6 @@ def model_requirements() -> list[str]:
     return [f"{name}>={version(name).split('+')[0]}" for name in packages]
 
 
-def register_model(model_uri: str, dataset: str, val_error: float) -> tuple[str, bool]:
-    """Register the model and move the ``champion`` alias when it beats the current one.
-
-    Returns:
-        ``(version, became_champion)``.
-    """
-    client = MlflowClient()
-    name = registered_name(dataset)
-    version = mlflow.register_model(model_uri, name).version
-    champion_error = champion_val_error(client, name)
-    better = champion_error is None or val_error < champion_error
-    if better:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    return str(version), better
-
-
 def champion_val_error(client: MlflowClient, name: str) -> float | None:
     """The held-out ``recon_mse`` of the current champion, or ``None`` when there is none."""
     try:
@@ -302,13 +322,31 @@ def champion_val_error(client: MlflowClient, name: str) -> float | None:
 def load_scoring_model(model_uri: str) -> tuple[Any, dict[str, str]]:
     """Load a registered model for scoring; return its wrapper and what identifies it.
 
+    The URI names a registered version, ``models:/<name>/<version>`` or
+    ``models:/<name>@<alias>``: its number keys the partitions it writes, and every
+    partition names it as ``models:/<name>/<version>``.
+
     Raises:
-        AepipeError: when the URI names no model.
+        AepipeError: when the URI names no registered model version.
     """
     from aecore.errors import AepipeError
 
+    found = re.fullmatch(
+        r"models:/(?P<name>[^/@]+)(?:/(?P<number>\d+)|@(?P<alias>[\w-]+))", model_uri
+    )
+    if not found:
+        message = (
+            f"{model_uri}: scoring takes a registered model, models:/<name>/<version> "
+            "or models:/<name>@<alias>"
+        )
+        raise AepipeError(message)
+    client = MlflowClient()
     try:
-        loaded = mlflow.pyfunc.load_model(model_uri)
+        if found["alias"]:
+            version = client.get_model_version_by_alias(found["name"], found["alias"])
+        else:
+            version = client.get_model_version(found["name"], found["number"])
+        loaded = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
     except (MlflowException, OSError) as error:
         message = f"{model_uri}: cannot load the model ({str(error).splitlines()[0]}); train first"
         raise AepipeError(message) from error
@@ -316,18 +354,12 @@ def load_scoring_model(model_uri: str) -> tuple[Any, dict[str, str]]:
     if not hasattr(python_model, "reference"):
         message = f"{model_uri}: logged without a scoring reference (an older aepipe); retrain it"
         raise AepipeError(message)
-    info = {"model_uri": model_uri, "run_id": loaded.metadata.run_id or ""}
-    if model_uri.startswith("models:/") and ("@" in model_uri or model_uri.count("/") >= 2):
-        name, _, rest = model_uri.removeprefix("models:/").partition("@")
-        client = MlflowClient()
-        if rest:
-            version = client.get_model_version_by_alias(name, rest)
-        else:
-            name, _, number = name.partition("/")
-            version = client.get_model_version(name, number)
-        info |= {"model_name": version.name, "model_version": str(version.version)}
-        info["model_uri"] = f"models:/{version.name}/{version.version}"
-    return python_model, info
+    return python_model, {
+        "model_uri": f"models:/{version.name}/{version.version}",
+        "run_id": loaded.metadata.run_id or "",
+        "model_name": version.name,
+        "model_version": str(version.version),
+    }
 
 
 def model_tags(info: Mapping[str, str]) -> dict[str, str]:

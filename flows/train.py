@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
 from aecore import config as cfg
-from aecore import train
+from aecore import schema, train
 from aecore.layout import Layout
 from aecore.pipeline import run_stage
 from flows import tracking, versioning
@@ -60,9 +60,11 @@ def run_in_task(
 
 
 @task(cache_policy=NO_CACHE)
-def version_task(root: Path, layout: Layout, pipeline_matches: bool) -> versioning.Record:
+def version_task(
+    root: Path, layout: Layout, table: Path, pipeline_matches: bool
+) -> versioning.Record:
     """Cache the input and latent table in DVC, commit the pipeline, push to the remote."""
-    return versioning.record(root, layout, pipeline_matches)
+    return versioning.record(root, layout, table, pipeline_matches)
 
 
 class EpochReporter:
@@ -154,6 +156,8 @@ def train_autoencoder(
         },
     )
     layout = Layout(base, params.data.dataset)
+    schema.check_source(params.data)  # bad input fails here: no MLflow run, nothing written
+    versioning.check_outputs(base, layout)
     tracking.configure(base)
     context = get_run_context()
     flow_run_id = str(context.flow_run.id) if getattr(context, "flow_run", None) else ""
@@ -161,8 +165,10 @@ def train_autoencoder(
     seconds: dict[str, float] = {}
     with tracking.start_run(params.data.dataset, base, params.as_flat_dict(), tags) as run:
         run_id = run.info.run_id
-        versioning.check_outputs(base, layout)
         _, seconds["ingest"] = run_in_task("ingest", params, layout)
+        warnings = schema.unused_warnings(schema.read_schema(layout.raw))
+        for warning in warnings:
+            get_run_logger().warning(warning)
         _, seconds["normalize"] = run_in_task("normalize", params, layout)
         with EpochReporter(tracking.EpochLogger(run_id), params.train.epochs) as reporter:
             fit, seconds["train"] = run_in_task("train", params, layout, reporter)
@@ -175,10 +181,16 @@ def train_autoencoder(
         summary = tracking.publish(
             layout, params.data.dataset, fit, metrics, run.info.run_id, write_table, seconds
         )
-        versions = version_task(base, layout, params == cfg.load_params(base / params_path))
+        versions = version_task(
+            base,
+            layout,
+            Path(summary["latent_table"]),
+            params == cfg.load_params(base / params_path),
+        )
         mlflow.set_tags(versions.tags)
         for warning in versions.warnings:
             get_run_logger().warning(warning)
+        warnings += versions.warnings
     report = (layout.figures / "report.md").read_text()
     model_name = tracking.registered_name(params.data.dataset)
     status = " (champion)" if summary["champion"] else ""
@@ -191,4 +203,4 @@ def train_autoencoder(
         key=artifact_key(params.data.dataset),
         description=f"Evaluation of {params.data.dataset}",
     )
-    return {**summary, "stage_seconds": seconds, "warnings": versions.warnings}
+    return {**summary, "stage_seconds": seconds, "warnings": warnings}

@@ -137,23 +137,26 @@ def check_outputs(root: Path, layout: Layout) -> None:
 
 
 def data_tags(
-    root: Path, layout: Layout, digests: Mapping[Path, str] | None = None
+    root: Path, layout: Layout, table: Path, digests: Mapping[Path, str] | None = None
 ) -> dict[str, str]:
     """The md5 and the project-relative path of the raw input and the latent table.
 
-    ``digests`` holds md5s already computed (when the files were cached), read once.
+    ``table`` is the run's partition (``model=<version>/batch=train``); ``digests`` holds
+    md5s already computed (when the files were cached), read once.
     """
     tags = {}
-    for name, path in (("raw", layout.raw), ("latents", layout.partition("train"))):
+    for name, path in (("raw", layout.raw), ("latents", table)):
         md5_tag, path_tag = TAGS[name]
         tags[md5_tag] = (digests or {}).get(path) or data_digest(path)
         tags[path_tag] = str(path.relative_to(root))
     return tags
 
 
-def describe(root: Path, layout: Layout, digests: Mapping[Path, str] | None = None) -> Record:
+def describe(
+    root: Path, layout: Layout, table: Path, digests: Mapping[Path, str] | None = None
+) -> Record:
     """Tags naming a run's code and data: git commit, md5 and path of input and table."""
-    result = Record(tags=data_tags(root, layout, digests))
+    result = Record(tags=data_tags(root, layout, table, digests))
     commit, problem = git_state(root)
     if commit:
         result.tags["mlflow.source.git.commit"] = commit
@@ -163,12 +166,13 @@ def describe(root: Path, layout: Layout, digests: Mapping[Path, str] | None = No
     return result
 
 
-def record(root: Path, layout: Layout, pipeline_matches: bool) -> Record:
+def record(root: Path, layout: Layout, table: Path, pipeline_matches: bool) -> Record:
     """Cache a finished run's files (input, outputs, latent table); commit the pipeline; push.
 
     Args:
         root: the project (git + DVC repository).
         layout: the run's files.
+        table: the run's latent partition.
         pipeline_matches: the run used params.yaml unchanged, so its outputs are the
             dvc.yaml pipeline's; they are then committed to dvc.lock (`dvc status` clean).
 
@@ -179,16 +183,16 @@ def record(root: Path, layout: Layout, pipeline_matches: bool) -> Record:
     try:
         repo = open_repo(root)
     except AepipeError as error:
-        result = describe(root, layout)
+        result = describe(root, layout, table)
         result.warnings.append(f"{error}; data are not versioned")
         return result
     with repo, contextlib.chdir(root):  # DVC resolves some paths against the cwd
-        digests = {path: cache_file(repo, path) for path in layout.stage_files()}
+        digests = {path: cache_file(repo, path) for path in (*layout.stage_files(), table)}
         digests[layout.raw] = cache_folder(repo, layout.raw, digests)
         if pipeline_matches:
             repo.commit(None, force=True)
         warning = push(repo, list(digests.values()))
-    result = describe(root, layout, digests)
+    result = describe(root, layout, table, digests)
     if warning:
         result.warnings.append(warning)
     result.tags["aepipe.dvc_pushed"] = "false" if warning else "true"

@@ -61,12 +61,12 @@ def test_run_on_a_csv_prints_the_summary(project, planted):
         "orchestration",
     ):
         assert text in result.stdout, text
-    table = pd.read_parquet(project / "data/latents/planted/batch=train/part-0.parquet")
+    table = pd.read_parquet(project / "data/latents/planted/model=1/batch=train/part-0.parquet")
     assert len(table) == 600 and [c for c in table if c.startswith("z")] == ["z0", "z1", "z2"]
     # scoring the same rows with the registered model gives the same scores, KL included
     scored = aepipe("score", "--source", str(planted), "--batch-id", "again", cwd=project)
     assert scored.returncode == 0, scored.stderr[-2000:]
-    again = pd.read_parquet(project / "data/latents/planted/batch=again/part-0.parquet")
+    again = pd.read_parquet(project / "data/latents/planted/model=1/batch=again/part-0.parquet")
     np.testing.assert_allclose(again["anomaly_score"], table["anomaly_score"], rtol=1e-5)
     reference = json.loads((project / "data/reports/planted/reference.json").read_text())
     assert reference["kl_weight"] == 0.5 and reference["kl_scale"] > 0

@@ -81,9 +81,12 @@ def test_names_cannot_leave_data(name, tmp_path):
 
 def test_batch_ids_cannot_leave_the_dataset(tmp_path):
     layout = Layout(tmp_path, "digits")
-    assert layout.partition("2026-11-24").parent.name == "batch=2026-11-24"
+    partition = layout.partition("2026-11-24", "3")
+    assert partition.parent.relative_to(layout.latents).as_posix() == "model=3/batch=2026-11-24"
     with pytest.raises(AepipeError, match="batch id"):
-        layout.partition("../../x")
+        layout.partition("../../x", "3")
+    with pytest.raises(AepipeError, match="model version"):
+        layout.partition("x", "../3")
 
 
 def test_layout_stays_under_data(tmp_path):

@@ -66,7 +66,7 @@ def test_dask_run_writes_what_the_sequential_run_writes(tmp_path, cluster):
         for local, dask in zip(files["local"], files["dask"], strict=True):
             assert pq.read_table(local).equals(pq.read_table(dask))
     tables = {
-        name: pd.read_parquet(root / "data/latents/source/batch=train/part-0.parquet")
+        name: pd.read_parquet(root / "data/latents/source/model=1/batch=train/part-0.parquet")
         for name, root in roots.items()
     }
     assert tables["local"]["row_id"].tolist() == list(range(750))
@@ -119,7 +119,7 @@ def check_scoring(roots, source, cluster):
         state.result()
     ledger = json.loads((root / "data/scored/source.json").read_text())
     assert sorted(entry["batch_id"] for entry in ledger.values()) == ["day-0", "day-1", "day-2"]
-    assert (root / "data/latents/source/batch=day-2/part-0.parquet").exists()
+    assert (root / "data/latents/source/model=1/batch=day-2/part-0.parquet").exists()
 
 
 def task_names_of_last_flow_run() -> set[str]:

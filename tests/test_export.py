@@ -58,7 +58,7 @@ def run_export(layout, quantize=False, metadata=None):
         layout.model,
         layout.normalizer,
         layout.reference,
-        layout.partition("train"),
+        layout.partition("train", "1"),
         ExportConfig(128, quantize),
         metadata,
         "md5:abc",
@@ -66,8 +66,9 @@ def run_export(layout, quantize=False, metadata=None):
 
 
 def test_latent_table_contract(trained, frame):
-    path = run_export(trained, metadata={"model_uri": "models:/m-1", "mlflow_run_id": "r1"})
-    assert path == trained.data / "latents" / "t" / "batch=train" / "part-0.parquet"
+    metadata = {"model_uri": "models:/t-autoencoder/1", "model_version": "1", "mlflow_run_id": "r1"}
+    path = run_export(trained, metadata=metadata)
+    assert path == trained.data / "latents" / "t" / "model=1" / "batch=train" / "part-0.parquet"
     table = pq.read_table(path)
     assert table.column_names == [
         "id",
@@ -92,7 +93,7 @@ def test_latent_table_contract(trained, frame):
     assert dictionary == {"top_features.list.element"}  # the names repeat, numbers do not
     meta = read_metadata(path)
     assert meta["latent_dim"] == "3" and meta["threshold"] == "0.5"
-    assert meta["model_uri"] == "models:/m-1" and meta["mlflow_run_id"] == "r1"
+    assert meta["model_uri"] == "models:/t-autoencoder/1" and meta["mlflow_run_id"] == "r1"
     assert meta["normalizer_sha256"] == io.file_digest(trained.normalizer, "sha256")
     assert meta["data_version"] == "md5:abc" and meta["schema_version"] == "1"
     assert meta["created_at"].endswith("+00:00")
@@ -124,7 +125,7 @@ def test_scores_match_an_independent_recomputation(trained, frame):
 def test_every_reader_reads_it_and_reruns_replace_the_partition(trained):
     run_export(trained)
     run_export(trained)  # a second training run replaces batch=train
-    root = trained.latents
+    root = trained.latents / "model=1"
     assert len(pd.read_parquet(root)) == 200
     assert ds.dataset(root, partitioning="hive").to_table().num_rows == 200
     glob = f"{root}/**/*.parquet"

@@ -1,6 +1,7 @@
 """The real flow, end to end: Prefect's test server, a SQLite MLflow store, Parquet read back."""
 
 import subprocess
+from pathlib import Path
 
 import duckdb
 import mlflow
@@ -11,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from aecore.export import read_metadata
+from aecore.export import read_latents, read_metadata
+from aecore.layout import Layout
 from flows import tracking
 from flows.train import train_autoencoder
 
@@ -27,20 +29,23 @@ def digits_project(tmp_path_factory):
     subprocess.run([*git, "init", "-q"], cwd=root, check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], cwd=root, check=True)
     first = train_autoencoder(root=str(root))
-    second = train_autoencoder(root=str(root), epochs=1)  # a worse model
+    second = train_autoencoder(root=str(root), epochs=1, latent_dim=4)  # a worse model
     return root, first, second
 
 
+Z8 = [f"z{i}" for i in range(8)]
+
+
 def test_latent_table_is_written_and_readable(digits_project):
-    root, _first, second = digits_project
-    path = root / "data/latents/digits/batch=train/part-0.parquet"
+    root, first, second = digits_project
+    path = root / "data/latents/digits/model=2/batch=train/part-0.parquet"
     assert second["latent_table"] == str(path)
     table = pd.read_parquet(path)
     assert len(table) == 1797
     assert list(table.columns) == [
         "row_id",
         "target",
-        *[f"z{i}" for i in range(8)],
+        *[f"z{i}" for i in range(4)],
         "recon_error",
         "anomaly_score",
         "is_anomaly",
@@ -48,13 +53,48 @@ def test_latent_table_is_written_and_readable(digits_project):
     ]
     meta = read_metadata(path)
     assert meta["mlflow_run_id"] == second["run_id"]
-    assert meta["model_uri"] == second["model_uri"]
-    assert meta["latent_dim"] == "8"
-    rows = duckdb.sql(
-        f"select count(*) from read_parquet('{root}/data/latents/digits/**/*.parquet', "
-        "hive_partitioning=true) where batch = 'train'"
+    assert meta["model_uri"] == second["model_uri"] == "models:/digits-autoencoder/2"
+    assert meta["latent_dim"] == "4"
+    assert read_metadata(Path(first["latent_table"]))["model_uri"] == first["model_uri"]
+
+
+def test_a_retrain_that_loses_never_changes_what_readers_see(digits_project):
+    """Every README reader, on the current view: the champion's 8 latents, one space."""
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    root, first, _second = digits_project
+    latents = root / "data/latents/digits"
+    assert (latents / "_current").read_text().strip() == f"model={first['model_version']}"
+    current = latents / (latents / "_current").read_text().strip()
+    batch_string = ds.partitioning(pa.schema([("batch", pa.string())]), flavor="hive")
+    readers = {
+        "read_latents": read_latents(latents),
+        "pandas": pd.read_parquet(current, partitioning=batch_string),
+        "pyarrow": ds.dataset(current, partitioning=batch_string).to_table().to_pandas(),
+        "duckdb": duckdb.sql(
+            f"select * from read_parquet('{current}/*/*.parquet', hive_partitioning=true, "
+            "hive_types={'batch': VARCHAR})"
+        ).df(),
+        "polars": pl.read_parquet(
+            f"{current}/*/*.parquet",
+            hive_partitioning=True,
+            hive_schema={"model": pl.Int64, "batch": pl.String},  # every key=value of the path
+        ).to_pandas(),
+    }
+    for name, frame in readers.items():
+        assert len(frame) == 1797, name
+        assert [c for c in frame.columns if c.startswith("z")] == Z8, name
+        assert frame[Z8].notna().all().all(), name
+        assert set(frame["batch"].astype(str)) == {"train"}, name
+    # the whole table keeps the two latent spaces apart by their `model` key
+    everything = duckdb.sql(
+        f"select model, count(*) as n, count(z7) as z7 from read_parquet("
+        f"'{latents}/*/*/*.parquet', hive_partitioning=true, union_by_name=true) "
+        "group by model order by model"
     ).fetchall()
-    assert rows == [(1797,)]  # two runs, one partition, no duplicates
+    assert everything == [(1, 1797, 1797), (2, 1797, 0)]
 
 
 def test_mlflow_run_holds_params_metrics_artifacts_and_tags(digits_project):
@@ -122,11 +162,11 @@ def test_registered_champion_predicts_the_table(digits_project):
     # the latest table is the second run's: load that exact model and compare
     model = mlflow.pyfunc.load_model(second["model_uri"])
     raw = pd.read_parquet(root / "data/raw/digits")
-    table = pd.read_parquet(root / "data/latents/digits/batch=train/part-0.parquet")
+    table = pd.read_parquet(second["latent_table"])
     sample = raw.sample(64, random_state=0)
     predicted = model.predict(sample.drop(columns=["row_id", "target"]))
     expected = table.set_index("row_id").loc[sample["row_id"]]
-    latent_columns = [f"z{i}" for i in range(8)]
+    latent_columns = [f"z{i}" for i in range(4)]
     np.testing.assert_allclose(
         predicted[latent_columns], expected[latent_columns], rtol=1e-5, atol=1e-6
     )
@@ -138,12 +178,12 @@ def test_registered_champion_predicts_the_table(digits_project):
     ]
     by_alias = mlflow.pyfunc.load_model("models:/digits-autoencoder@champion")
     assert by_alias.metadata.signature.inputs.input_names()[:2] == ["pixel_0_0", "pixel_0_1"]
-    # a better model moves the alias
-    version, better = tracking.register_model(second["model_uri"], "digits", val_error=0.0)
-    assert better
-    assert (
-        str(client.get_model_version_by_alias("digits-autoencoder", "champion").version) == version
-    )
+    # a better model moves the alias, and the current view follows it
+    layout = Layout(root, "digits")
+    assert tracking.promote("digits-autoencoder", second["model_version"], 0.0, layout)
+    champion = client.get_model_version_by_alias("digits-autoencoder", "champion")
+    assert str(champion.version) == second["model_version"]
+    assert list(read_latents(layout.latents).filter(like="z")) == ["z0", "z1", "z2", "z3"]
 
 
 def test_markdown_artifact_names_the_run(digits_project):
@@ -163,7 +203,7 @@ def test_binary_label_gives_auroc(project, planted):
     assert summary["dataset"] == "planted"
     assert summary["metrics"]["auroc"] > 0.8
     assert 0 <= summary["metrics"]["avg_precision"] <= 1
-    table = pd.read_parquet(project / "data/latents/planted")
+    table = read_latents(project / "data/latents/planted")
     assert table["is_anomaly_label"].sum() == 18 and "row_id" in table
 
 
@@ -202,3 +242,17 @@ def test_a_large_table_trains_on_a_logged_sample_within_its_budget(tmp_path):
     assert metrics["train_rows_total"] == fit["train_rows_total"] > 1000
     assert metrics["evaluate_sampled"] == 0  # the evaluation still saw every row
     assert run.data.tags["aepipe.train_stopped"] == "max_steps"
+
+
+def test_a_failed_export_leaves_no_registered_version(project, planted):
+    blocker = project / "data/latents/planted/model=1"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")  # the partition cannot be written: a real fault
+    state = train_autoencoder(source=str(planted), epochs=2, root=str(project), return_state=True)
+    assert state.is_failed()
+    client = MlflowClient(tracking.default_uri(project))
+    [model] = client.search_registered_models()
+    assert client.search_model_versions(f"name='{model.name}'") == []  # rolled back
+    assert not (project / "data/latents/planted/_current").exists()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]

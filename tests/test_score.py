@@ -54,7 +54,7 @@ def run(layout, source, batch_id, batch_rows=700, row_group_size=2048):
         load_model(layout.model),
         Normalizer.from_json(layout.normalizer),
         json.loads(layout.reference.read_text()),
-        layout.partition(batch_id),
+        layout.partition(batch_id, "0"),
         {"model_uri": "models:/syn-autoencoder/1", "batch_id": batch_id},
         batch_rows=batch_rows,
         row_group_size=row_group_size,
@@ -65,17 +65,17 @@ def test_training_rows_score_as_in_the_training_table(trained):
     layout, _ = trained
     summary = run(layout, layout.root / "train.parquet", "again")
     assert summary.rows == 3000
-    scored = read_latents(layout.latents, ["again"]).set_index("key")
-    table = read_latents(layout.latents, ["train"]).set_index("key").loc[scored.index]
+    scored = read_latents(layout.latents, ["again"], "0").set_index("key")
+    table = read_latents(layout.latents, ["train"], "0").set_index("key").loc[scored.index]
     z = [c for c in table if c.startswith("z")]
     np.testing.assert_allclose(scored[z], table[z], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scored["recon_error"], table["recon_error"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(scored["anomaly_score"], table["anomaly_score"], rtol=1e-3)
     assert (scored["is_anomaly"] == table["is_anomaly"]).mean() > 0.999
-    file = pq.ParquetFile(layout.partition("again"))
+    file = pq.ParquetFile(layout.partition("again", "0"))
     groups = [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)]
     assert groups == [2048, 952]  # batches of 700 rows regrouped into row groups
-    assert read_metadata(layout.partition("again"))["batch_id"] == "again"
+    assert read_metadata(layout.partition("again", "0"))["batch_id"] == "again"
 
 
 def test_batches_partition_and_rescoring_replaces(trained, tmp_path):
@@ -85,10 +85,10 @@ def test_batches_partition_and_rescoring_replaces(trained, tmp_path):
     run(layout, tmp_path / "a.csv", "a")
     run(layout, tmp_path / "b.parquet", "b")
     run(layout, tmp_path / "a.csv", "a")  # again: replaces, never duplicates
-    both = read_latents(layout.latents, ["a", "b"])
+    both = read_latents(layout.latents, ["a", "b"], "0")
     assert both.groupby("batch").size().to_dict() == {"a": 1000, "b": 600}
     assert both["key"].is_unique
-    assert set(read_latents(layout.latents)["batch"]) >= {"train", "a", "b"}
+    assert set(read_latents(layout.latents, version="0")["batch"]) >= {"train", "a", "b"}
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ def test_schema_drift_fails_and_writes_nothing(trained, tmp_path, change, messag
     change(frame.head(50)).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(AepipeError, match=message):
         run(layout, tmp_path / "bad.parquet", "bad")
-    assert not layout.partition("bad").parent.exists()
+    assert not layout.partition("bad", "0").parent.exists()
 
 
 def test_extra_columns_are_ignored_with_a_warning(trained, tmp_path):
@@ -117,7 +117,7 @@ def test_extra_columns_are_ignored_with_a_warning(trained, tmp_path):
     assert summary.warnings == [
         f"{tmp_path / 'extra.parquet'}: 2 columns the model does not use are ignored: note, score"
     ]
-    assert "note" not in pq.read_schema(layout.partition("extra")).names
+    assert "note" not in pq.read_schema(layout.partition("extra", "0")).names
 
 
 def test_drift_metrics_see_a_shift(trained, tmp_path):
@@ -133,11 +133,11 @@ def test_drift_metrics_see_a_shift(trained, tmp_path):
     assert same["rows"] == 1000 and moved["rows"] == 1000
     assert same["drift_ks"] < 0.15 < moved["drift_ks"]
     assert moved["latent_mean_shift"] > same["latent_mean_shift"]
-    errors = read_latents(layout.latents, ["same"])["recon_error"]
+    errors = read_latents(layout.latents, ["same"], "0")["recon_error"]
     assert same["recon_error_mean"] == pytest.approx(errors.mean(), rel=1e-5)
     assert same["recon_error_p99"] == pytest.approx(np.quantile(errors, 0.99), rel=0.03)
     assert same["anomaly_rate"] == pytest.approx(
-        read_latents(layout.latents, ["same"])["is_anomaly"].mean()
+        read_latents(layout.latents, ["same"], "0")["is_anomaly"].mean()
     )
 
 
@@ -164,7 +164,7 @@ def test_rows_with_infinite_values_are_flagged_and_named(trained):
     batch.loc[9, "f5"] = -np.inf
     batch.to_parquet(layout.root / "inf.parquet")
     summary = run(layout, layout.root / "inf.parquet", "inf")
-    scored = read_latents(layout.latents, ["inf"]).set_index("key")
+    scored = read_latents(layout.latents, ["inf"], "0").set_index("key")
     bad = scored.loc[batch["key"].iloc[[3, 7, 9]]]
     assert bad["is_anomaly"].all() and bad["anomaly_score"].isna().all()  # never passed
     assert scored.drop(bad.index)["anomaly_score"].notna().all()

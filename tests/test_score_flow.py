@@ -1,9 +1,12 @@
 """The score-batch flow against Prefect's test server and a SQLite MLflow store."""
 
+import datetime
 import json
 
+import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
@@ -51,10 +54,19 @@ def test_scored_batch_is_tracked_against_its_model(trained):
     assert "aepipe.drift_warning" not in tags
     from aecore.export import read_metadata
 
-    scored = read_metadata(root / "data/latents/sensors/batch=day1/part-0.parquet")
-    trained_meta = read_metadata(root / "data/latents/sensors/batch=train/part-0.parquet")
-    assert set(trained_meta) <= set(scored)  # the same keys in every partition
-    for key in ("normalizer_sha256", "id_col", "label_col", "latent_dim", "threshold"):
+    scored = read_metadata(root / "data/latents/sensors/model=1/batch=day1/part-0.parquet")
+    trained_meta = read_metadata(root / "data/latents/sensors/model=1/batch=train/part-0.parquet")
+    assert set(trained_meta) == set(scored)  # the same keys in every partition
+    for key in (
+        "model_uri",  # one form: models:/<name>/<version>
+        "model_version",
+        "mlflow_run_id",
+        "normalizer_sha256",
+        "id_col",
+        "label_col",
+        "latent_dim",
+        "threshold",
+    ):
         assert scored[key] == trained_meta[key], key
     assert scored["data_version"].startswith("md5:")
 
@@ -80,6 +92,15 @@ def test_inbox_files_are_scored_once(trained):
     ]
     sizes = read_latents(root / "data/latents/sensors").groupby("batch").size()
     assert sizes["2026-11-01"] == 400 and sizes["2026-11-03"] == 300
+    # date-like batch ids: readers infer dates unless told, as the README says
+    dates = f"{root}/data/latents/sensors/model=1/batch=2026-*/*.parquet"
+    query = "select distinct batch from read_parquet('{}', hive_partitioning=true{})"
+    inferred = duckdb.sql(query.format(dates, "")).fetchall()
+    assert {type(b) for (b,) in inferred} == {datetime.date}
+    told = duckdb.sql(query.format(dates, ", hive_types={'batch': VARCHAR}")).fetchall()
+    assert {b for (b,) in told} == {"2026-11-01", "2026-11-02", "2026-11-03"}
+    frame = pl.read_parquet(dates, hive_schema={"model": pl.Int64, "batch": pl.String})
+    assert frame["batch"].dtype == pl.String
 
 
 def test_drift_warns_without_failing(trained):
@@ -112,14 +133,14 @@ def test_schema_drift_fails_the_flow_and_writes_nothing(trained):
     assert state.is_failed()
     with pytest.raises(Exception, match="broken.parquet: column 'f4' is missing"):
         state.result()
-    assert not (root / "data/latents/sensors/batch=broken").exists()
+    assert not (root / "data/latents/sensors/model=1/batch=broken").exists()
 
 
 @pytest.mark.parametrize("batch_id", ["train", "", "  "])
 def test_reserved_and_empty_batch_ids_are_refused(trained, batch_id):
     root, frame, _ = trained
     frame.iloc[3000:3100].to_csv(root / "day9.csv", index=False)
-    before = (root / "data/latents/sensors/batch=train/part-0.parquet").read_bytes()
+    before = (root / "data/latents/sensors/model=1/batch=train/part-0.parquet").read_bytes()
     state = score_batches(
         source=str(root / "day9.csv"),
         batch_id=batch_id,
@@ -130,8 +151,8 @@ def test_reserved_and_empty_batch_ids_are_refused(trained, batch_id):
     assert state.is_failed()
     with pytest.raises(Exception, match=r"batch id|not a valid name"):
         state.result()
-    assert (root / "data/latents/sensors/batch=train/part-0.parquet").read_bytes() == before
-    assert not list((root / "data/latents/sensors").glob("batch=/*"))
+    assert (root / "data/latents/sensors/model=1/batch=train/part-0.parquet").read_bytes() == before
+    assert not list((root / "data/latents/sensors").glob("model=1/batch=/*"))
 
 
 def test_the_model_names_the_dataset_it_scores_into(trained):
@@ -139,7 +160,7 @@ def test_the_model_names_the_dataset_it_scores_into(trained):
     frame.iloc[3000:3200].to_csv(root / "day8.csv", index=False)
     model = f"models:/sensors-autoencoder/{training['model_version']}"
     [result] = score_batches(source=str(root / "day8.csv"), model=model, root=str(root))
-    assert result["partition"].endswith("data/latents/sensors/batch=day8/part-0.parquet")
+    assert result["partition"].endswith("data/latents/sensors/model=1/batch=day8/part-0.parquet")
     assert not (root / "data/latents/digits").exists()  # params.yaml's dataset untouched
     state = score_batches(
         source=str(root / "day8.csv"),

@@ -81,7 +81,7 @@ def test_dvc_repro_reruns_only_what_changed(tmp_path):
     first = sh("dvc", "repro", cwd=root).stdout
     for stage in ("ingest", "normalize", "train", "evaluate", "export"):
         assert f"Running stage '{stage}'" in first
-    assert (root / "data/latents/digits/batch=train/part-0.parquet").exists()
+    assert (root / "data/latents/digits/model=1/batch=train/part-0.parquet").exists()
     assert sh("dvc", "status", cwd=root).stdout.strip() == "Data and pipelines are up to date."
     again = sh("dvc", "repro", cwd=root).stdout
     assert "Running stage" not in again
@@ -106,8 +106,18 @@ def test_dvc_repro_reruns_only_what_changed(tmp_path):
     runs = runs_of(root, "digits")  # every export stage left an MLflow run
     assert len(runs) == 2 and {r.data.tags["aepipe.runner"] for r in runs} == {"dvc"}
     assert runs[-1].data.params["train.epochs"] == "3"
-    assert runs[-1].data.tags["dvc.latents_md5"] == lock_md5(root, "export")
+    assert runs[-1].data.tags["dvc.latents_md5"] == exported(root)["md5"]
     assert runs[-1].data.tags["dvc.raw_md5"] == lock_md5(root, "ingest")
+    # the first run's partition is still there: a retrain adds a model=<version> folder
+    assert exported(root)["partition"] == "latents/digits/model=2/batch=train/part-0.parquet"
+    assert (root / "data/latents/digits/model=1/batch=train/part-0.parquet").exists()
+
+
+def exported(root: Path) -> dict:
+    """The export stage's DVC output, checked against dvc.lock: the partition and its md5."""
+    record = root / "data/reports/digits/export.json"
+    assert file_digest(record) == lock_md5(root, "export")
+    return json.loads(record.read_text())
 
 
 def test_dvc_exp_run_is_compared_and_tracked(tmp_path):
@@ -138,12 +148,12 @@ def test_flow_run_leaves_dvc_clean_and_tags_its_data(tmp_path):
     assert sh("dvc", "status", cwd=root).stdout.strip() == "Data and pipelines are up to date."
     tags = MlflowClient(tracking.default_uri(root)).get_run(summary["run_id"]).data.tags
     assert tags["dvc.raw_md5"] == lock_md5(root, "ingest")
-    assert tags["dvc.latents_md5"] == lock_md5(root, "export")
+    assert tags["dvc.latents_md5"] == exported(root)["md5"]
     assert (
         tags["mlflow.source.git.commit"] == sh("git", "rev-parse", "HEAD", cwd=root).stdout.strip()
     )
     assert tags["aepipe.dvc_pushed"] == "true"
-    table = root / "data/latents/digits/batch=train/part-0.parquet"
+    table = root / "data/latents/digits/model=1/batch=train/part-0.parquet"
     assert read_metadata(table)["data_version"] == f"md5:{tags['dvc.raw_md5']}"
     md5 = tags["dvc.latents_md5"]
     assert (root / "dvc-remote/files/md5" / md5[:2] / md5[2:]).exists()  # pushed
@@ -156,13 +166,15 @@ def test_restore_brings_back_a_runs_exact_bytes(tmp_path):
     first = train_autoencoder(root=str(root))
     raw, table = (
         root / "data/raw/sensors/part-00000-0000.parquet",
-        root / "data/latents/sensors/batch=train/part-0.parquet",
+        root / "data/latents/sensors/model=1/batch=train/part-0.parquet",
     )
     before = raw.read_bytes(), table.read_bytes()
     assert sorted(p.name for p in raw.parent.iterdir()) == [raw.name]
     sensor_csv(source, seed=2)  # the source changes; the next run reads other data
     second = train_autoencoder(root=str(root))
-    assert raw.read_bytes() != before[0] and table.read_bytes() != before[1]
+    assert raw.read_bytes() != before[0]
+    assert table.read_bytes() == before[1]  # a retrain never replaces another model's partition
+    table.unlink()
     shutil.rmtree(root / ".dvc/cache")  # only the remote has the first run's data now
     result = sh(str(Path(BIN) / "aepipe"), "data", "restore", first["run_id"], cwd=root)
     assert "restored data/raw/sensors\n" in result.stdout
@@ -170,7 +182,7 @@ def test_restore_brings_back_a_runs_exact_bytes(tmp_path):
     # the second run's data were cached before being replaced: nothing was lost
     second_tags = MlflowClient(tracking.default_uri(root)).get_run(second["run_id"]).data.tags
     sh(str(Path(BIN) / "aepipe"), "data", "restore", second["run_id"], cwd=root)
-    assert file_digest(table) == second_tags["dvc.latents_md5"]
+    assert file_digest(Path(second["latent_table"])) == second_tags["dvc.latents_md5"]
     bad = sh(str(Path(BIN) / "aepipe"), "data", "restore", "no-such-run", cwd=root, check=False)
     assert bad.returncode == 2 and "MLflow run 'no-such-run' not found" in bad.stderr
 
@@ -218,7 +230,7 @@ def test_dirty_git_is_named(tmp_path):
 
 @pytest.mark.parametrize(
     "relative",
-    ["data/latents/digits/batch=train/part-0.parquet", "data/processed/digits/normalizer.json"],
+    ["data/models/digits/model.pt", "data/processed/digits/normalizer.json"],
 )
 def test_hand_edited_output_is_not_overwritten(tmp_path, relative):
     root = make_repo(tmp_path)
