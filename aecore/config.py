@@ -81,6 +81,7 @@ class TrainConfig:
     max_steps: int
     max_minutes: float
     compile: bool
+    checkpoint_seconds: float
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,7 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("train.max_val_rows", params.train.max_val_rows >= 1, "at least 1"),
         ("train.max_steps", params.train.max_steps >= 0, "0 (no limit) or more"),
         ("train.max_minutes", params.train.max_minutes >= 0, "0 (no limit) or more"),
+        ("train.checkpoint_seconds", params.train.checkpoint_seconds > 0, "above 0"),
         ("normalize.sample_rows", params.normalize.sample_rows >= 1, "at least 1"),
         ("evaluate.sample_rows", params.evaluate.sample_rows >= 1, "at least 1"),
         (
@@ -270,12 +272,28 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("score.batch_rows", params.score.batch_rows >= 1, "at least 1"),
         ("score.drift_limit", 0 < params.score.drift_limit <= 1, "in (0, 1]"),
     ]
+    if written_secret(params.data.source):
+        message = (
+            f"{origin}: data.source holds a password or a signed query string; write "
+            "${NAME} in its place and set environment variable NAME, so that no file, "
+            "run or log keeps it"
+        )
+        raise AepipeError(message)
     for key, ok, expected in checks:
         if not ok:
             section, _, field = key.partition(".")
             value = getattr(getattr(params, section), field)
             message = f"{origin}: {key} = {value!r} is invalid; expected {expected}"
             raise AepipeError(message)
+
+
+def written_secret(source: str) -> bool:
+    """Whether a URL holds credentials or a query string written out (not ``${NAME}``)."""
+    if "://" not in source:
+        return False
+    bare = re.sub(r"\$\{\w+\}", "", source)
+    password = re.search(r"://[^/\s:@]*:([^/\s]*)@", bare)  # user:password@
+    return bool(password and password[1]) or bool(re.search(r"\?(?!\*\*\*$).", bare))
 
 
 def check_name(name: str) -> str | None:

@@ -19,7 +19,7 @@ import torch
 from aecore.config import ExportConfig
 from aecore.errors import AepipeError
 from aecore.evaluate import encode_and_reconstruct, row_errors
-from aecore.io import atomic_path, dictionary_columns, file_digest, parquet_files
+from aecore.io import atomic_path, dictionary_columns, file_digest, parquet_files, temporary_prefix
 from aecore.layout import CURRENT, UNREGISTERED, current_version
 from aecore.models import load_model
 from aecore.normalize import iter_features
@@ -200,7 +200,9 @@ def export(
                     writer.write(table)
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as folder:
+        with tempfile.TemporaryDirectory(
+            dir=out.parent, prefix=temporary_prefix("export"), suffix=".tmp"
+        ) as folder:
             items = [
                 (path, Path(folder) / f"{n:05d}.arrow", model_path, reference, config.quantize)
                 for n, path in enumerate(files)

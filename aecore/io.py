@@ -39,6 +39,39 @@ def redact_url(source: str) -> str:
     return re.sub(r"\?[^\s'\"]*", "?***", redacted) if "://" in redacted else redacted
 
 
+_SECRETS: dict[str, str] = {}  # redacted source -> the source itself, in this process only
+
+
+def hide_secrets(source: str) -> str:
+    """The source as it may be stored and shown: credentials and query strings hidden.
+
+    The real source stays in this process's memory, where ``reveal`` finds it; so a URL
+    with a password can be handed to a flow, whose parameters Prefect stores, without
+    the password.
+    """
+    shown = redact_url(source)
+    if shown != source:
+        _SECRETS[shown] = source
+    return shown
+
+
+def reveal(source: str) -> str:
+    """The source to open: a hidden one put back, and ``${NAME}`` taken from the environment.
+
+    Raises:
+        AepipeError: when a ``${NAME}`` is not set.
+    """
+    source = _SECRETS.get(source, source)
+
+    def variable(found: re.Match) -> str:
+        if found[1] not in os.environ:
+            message = f"{redact_url(source)}: environment variable {found[1]} is not set"
+            raise AepipeError(message)
+        return os.environ[found[1]]
+
+    return re.sub(r"\$\{(\w+)\}", variable, source)
+
+
 def format_of(path: str) -> str | None:
     """Return ``parquet``, ``csv`` or ``json`` from a file name, or ``None``."""
     name = path.lower()
@@ -52,10 +85,11 @@ def list_source_files(source: str) -> tuple[object, list[str]]:
     import fsspec
 
     shown = redact_url(source)
+    source = reveal(source)
     try:
         fs, path = fsspec.core.url_to_fs(source)
     except (ImportError, ValueError) as error:
-        message = f"{shown}: cannot open this source: {redact_url(str(error))}"
+        message = f"{shown}: cannot open this source: {first_line(error)}"
         raise AepipeError(message) from None
     try:
         if any(char in path for char in "*?["):
@@ -67,14 +101,22 @@ def list_source_files(source: str) -> tuple[object, list[str]]:
         else:
             message = f"{shown}: no such file or directory"
             raise AepipeError(message)
-    except OSError as error:
-        message = f"{shown}: cannot list the source: {redact_url(str(error))}"
+    except AepipeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - HTTP and cloud errors: one line, no headers
+        message = f"{shown}: cannot list the source: {first_line(error)}"
         raise AepipeError(message) from None
     files = sorted(f for f in files if format_of(f) and not Path(f).name.startswith((".", "_")))
     if not files:
         message = f"{shown}: no CSV, Parquet or JSONL files found"
         raise AepipeError(message)
     return fs, files
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, secrets hidden: what a one-line message may show of it."""
+    text = str(error).strip()
+    return redact_url(text.splitlines()[0] if text else type(error).__name__)
 
 
 class TypeWidened(Exception):
@@ -91,7 +133,8 @@ class Source:
     """
 
     def __init__(self, source: str, batch_rows: int = BATCH_ROWS) -> None:
-        self.source, self.shown, self.batch_rows = source, redact_url(source), batch_rows
+        self.shown, self.batch_rows = redact_url(source), batch_rows
+        self.source = reveal(source)
         self.widened: dict[str, pa.DataType] = {}
         if source.startswith("sklearn:"):
             self.fs, self.files = None, [source]
@@ -183,8 +226,8 @@ class Source:
         try:
             compression = "infer" if kind != "parquet" else None
             return self.fs.open(path, "rb", compression=compression)  # type: ignore[union-attr]
-        except OSError as error:
-            message = f"{self.shown_file(path)}: cannot open: {redact_url(str(error))}"
+        except Exception as error:  # noqa: BLE001 - HTTP and cloud errors: one line, no headers
+            message = f"{self.shown_file(path)}: cannot open: {first_line(error)}"
             raise AepipeError(message) from None
 
     def _text_reader(self, path: str) -> pa.RecordBatchReader:
@@ -220,13 +263,17 @@ class Source:
     def _guard(self, path: str, read):  # noqa: ANN001, ANN202
         try:
             return read()
-        except (pa.ArrowException, OSError, ValueError) as error:
+        except (AepipeError, TypeWidened):
+            raise
+        except Exception as error:  # noqa: BLE001 - HTTP and cloud errors: one line, no headers
             raise self._read_error(path, error) from None
 
     def _guard_iter(self, path: str, batches: Iterator[pa.RecordBatch]) -> Iterator:
         try:
             yield from batches
-        except (pa.ArrowException, OSError, ValueError) as error:
+        except (AepipeError, TypeWidened):
+            raise
+        except Exception as error:  # noqa: BLE001 - HTTP and cloud errors: one line, no headers
             raise self._read_error(path, error) from None
 
     def _read_error(self, path: str, error: Exception) -> Exception:
@@ -290,6 +337,57 @@ def parquet_files(path: Path) -> list[Path]:
     return files
 
 
+def temporary_prefix(name: str) -> str:
+    """The start of a temporary name beside ``name``: a dot (readers skip it), then the pid.
+
+    The pid tells the leftovers of a dead process from the files of a live one.
+    """
+    return f".{name}.{os.getpid()}-"
+
+
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^.]+(?P<old>\.old)?\.tmp$")
+
+
+def is_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_leftovers(*folders: Path) -> list[Path]:
+    """Remove the temporary files and folders that dead processes left under ``folders``.
+
+    A folder that a crash moved aside (``.<name>.<pid>-*.old.tmp``) before its
+    replacement was in place goes back where it was. Files of live processes (a
+    concurrent scoring) are left alone.
+
+    Returns:
+        The paths removed or put back.
+    """
+    swept = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob(".*.tmp"), key=lambda p: -len(p.parts)):
+            found = LEFTOVER.match(path.name)
+            if not found or is_alive(int(found["pid"])) or not path.exists():
+                continue
+            original = path.with_name(found["name"])
+            if found["old"] and not original.exists():
+                os.replace(path, original)
+            elif path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            swept.append(path)
+    return swept
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` that replaces it only when the block succeeds.
@@ -298,7 +396,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     a new file gets (the user's umask).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = temporary_prefix(path.name)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     os.close(handle)
     temporary = Path(name)
     os.chmod(temporary, 0o666 & ~_umask())
@@ -313,14 +412,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces folder ``path`` when the block succeeds.
 
-    Leftovers of a crashed write (``.<name>.*.tmp`` beside ``path``) are removed first.
+    Leftovers of a crashed write beside ``path`` are cleaned up first.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    ours = re.compile(rf"^\.{re.escape(path.name)}\.[^.]+(\.old)?\.tmp$")  # not .<name>.eu.*
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-        if ours.match(leftover.name):
-            shutil.rmtree(leftover, ignore_errors=True)
-    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    sweep_leftovers(path.parent)
+    prefix = temporary_prefix(path.name)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
     os.chmod(temporary, 0o777 & ~_umask())
     try:
         yield temporary

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from aecore.config import check_name
+from aecore.config import check_name, dataset_name
 from aecore.errors import AepipeError
 
 
@@ -116,6 +117,11 @@ class Layout:
         """What the pipeline wrote last: tells its own leftovers from a hand edit."""
         return self.data / ".journal" / f"{self.dataset}.json"
 
+    def folders(self) -> list[Path]:
+        """Every folder that holds this dataset's files (where a crash leaves leftovers)."""
+        stages = ("raw", "processed", "models", "reports", "latents")
+        return [self.data / stage / self.dataset for stage in stages]
+
     def stage_files(self) -> list[Path]:
         """Every file the stages wrote that DVC caches (metrics and plot data go to git)."""
         folders = [self.raw, self.processed, self.figures]
@@ -134,3 +140,80 @@ def current_version(latents: Path) -> str | None:
     if not pointer.exists():
         return None
     return pointer.read_text().strip().removeprefix("model=")
+
+
+RESERVED_BATCHES = ("train",)  # batch=train is the training run's table
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<number>\d+)|@(?P<alias>[\w-]+))")
+
+
+def registered_name(dataset: str) -> str:
+    """The registry name of a dataset's model."""
+    return f"{dataset}-autoencoder"
+
+
+def parse_model_uri(model_uri: str) -> re.Match:
+    """Split ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
+
+    Raises:
+        AepipeError: for any other form: scoring needs a registered version, whose
+            number keys the partitions it writes.
+    """
+    found = MODEL_URI.fullmatch(model_uri)
+    if not found:
+        message = (
+            f"{model_uri}: scoring takes a registered model, models:/<name>/<version> "
+            "or models:/<name>@<alias>"
+        )
+        raise AepipeError(message)
+    return found
+
+
+@dataclass(frozen=True)
+class ScoringTarget:
+    """Where a scoring writes and with which model: checked before anything runs."""
+
+    layout: Layout
+    model_uri: str
+    batch: str | None  # None: the inbox, one batch per file
+
+
+def scoring_target(
+    root: Path,
+    default_dataset: str,
+    source: str | None,
+    model: str | None,
+    batch_id: str | None,
+    dataset: str | None,
+) -> ScoringTarget:
+    """Check a scoring's model, dataset and batch id; return where it will write.
+
+    A registered aepipe model names its dataset (``models:/<dataset>-autoencoder…``); a
+    ``dataset`` that differs is refused. The batch id defaults to the source's file name;
+    ``train`` is reserved, and an empty or blank id is refused.
+
+    Raises:
+        AepipeError: naming what is wrong.
+    """
+    trained_on = None
+    if model is not None:
+        name = parse_model_uri(model)["name"]
+        trained_on = name.removesuffix("-autoencoder") if name.endswith("-autoencoder") else None
+    if dataset and trained_on and dataset != trained_on:
+        message = f"{model} is the model of dataset {trained_on!r}, not of {dataset!r}"
+        raise AepipeError(message)
+    layout = Layout(root, dataset or trained_on or default_dataset)
+    model_uri = model or f"models:/{registered_name(layout.dataset)}@champion"
+    if source is None:
+        if batch_id is not None:
+            message = "--batch-id names one batch: give --source too (the inbox has one per file)"
+            raise AepipeError(message)
+        return ScoringTarget(layout, model_uri, None)
+    batch = dataset_name(source) if batch_id is None else batch_id.strip()
+    if batch in RESERVED_BATCHES:
+        message = f"batch id {batch!r} is reserved for the training table; choose another"
+        raise AepipeError(message)
+    problem = check_name(batch)
+    if problem:
+        message = f"batch id: {problem}"
+        raise AepipeError(message)
+    return ScoringTarget(layout, model_uri, batch)

@@ -22,6 +22,7 @@ def run_stage(
     on_epoch: train.OnEpoch | None = None,
     metadata: Mapping[str, str] | None = None,
     map_parts: schema.Mapper | None = None,
+    resume: bool = False,
 ) -> Any:
     """Run stage ``name``: read its inputs and write its outputs under ``layout``.
 
@@ -34,6 +35,7 @@ def run_stage(
             ``model_version``, the partition's ``model=`` key).
         map_parts: runs the per-file work of ingest, normalize and export (the flow's
             Dask mapper); ``None``: one file after another, in this process.
+        resume: the train stage continues from its checkpoint, when one fits.
 
     Returns:
         The stage function's result: a path, or the train or evaluate summary.
@@ -50,7 +52,14 @@ def run_stage(
         )
     if name == "train":
         return train.fit_autoencoder(
-            layout.processed, layout.model, layout.history, params.model, params.train, on_epoch
+            layout.processed,
+            layout.model,
+            layout.history,
+            params.model,
+            params.train,
+            on_epoch,
+            layout.checkpoint,
+            resume,
         )
     if name == "evaluate":
         return evaluate.evaluate(

@@ -16,7 +16,7 @@ from torch import nn
 from aecore.errors import AepipeError
 from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns, latent_partition
-from aecore.io import file_digest, format_of, list_source_files, redact_url
+from aecore.io import file_digest, format_of, list_source_files, redact_url, temporary_prefix
 from aecore.normalize import Normalizer
 from aecore.schema import ROW_ID, Mapper, column_kind, is_numeric
 from aecore.scorer import AnomalyScorer
@@ -222,7 +222,9 @@ def score_batch(
                 counts = map_parts(file_rows, [(fs, path, kind) for path in dataset.files])
                 offsets = [int(x) for x in np.cumsum([0, *counts[:-1]])]
             out.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=out.parent, prefix=".score-") as folder:
+            with tempfile.TemporaryDirectory(
+                dir=out.parent, prefix=temporary_prefix("score"), suffix=".tmp"
+            ) as folder:
                 items = [
                     (
                         fs,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -16,14 +18,13 @@ from torch import Tensor, nn
 
 from aecore.config import ModelConfig, TrainConfig
 from aecore.errors import AepipeError
-from aecore.io import write_json
+from aecore.io import atomic_path, file_digest, write_json
 from aecore.models import EVAL_BATCH, build_model, save_model
 from aecore.normalize import load_samples
 from aecore.schema import read_schema
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 STEPS_PER_EPOCH = 256  # a large table's batch grows until an epoch has at most this many steps
-CHECKPOINT_SECONDS = 30.0  # the best weights go to disk at most this often while training
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -115,7 +116,6 @@ class BestWeights:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.saved_at, self.saved_epoch = -math.inf, -1
 
     def keep(self) -> None:
         with torch.no_grad():
@@ -126,13 +126,41 @@ class BestWeights:
         self.model.load_state_dict(self.state)
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """Training's resume point: a file, and what the state in it must have been made from.
+
+    ``fingerprint`` names the settings and the data; a state saved under another one is
+    never resumed from.
+    """
+
+    path: Path
+    fingerprint: str
+    resume: bool = False
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` atomically (weights, optimizer, random generators, history)."""
+        with atomic_path(self.path) as temporary:
+            torch.save({"fingerprint": self.fingerprint, "state": state}, temporary)
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, when there is one made from the same settings and data."""
+        if not self.path.exists():
+            return None
+        saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        return saved["state"] if saved.get("fingerprint") == self.fingerprint else None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def train(
     model: nn.Module,
     x_train: Tensor,
     x_val: Tensor,
     config: TrainConfig,
     on_epoch: OnEpoch | None = None,
-    checkpoint: Path | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Fit ``model`` with Adam on mini-batches of ``x_train``; stop early on ``x_val``.
 
@@ -142,8 +170,10 @@ def train(
         x_val: validation rows ``(m, d)`` used for early stopping (keep it bounded).
         config: epochs, batch size, learning rate, patience, budgets, seed.
         on_epoch: called after every epoch with ``{"train_loss", "val_loss"}``.
-        checkpoint: where the best weights are saved, at most every
-            ``CHECKPOINT_SECONDS`` and at the end, so that saving never stalls the loop.
+        checkpoint: where the whole training state is saved at the end of an epoch, at
+            most every ``train.checkpoint_seconds``, so that saving never stalls the loop;
+            when it holds a state saved under the same settings and data (``resume``),
+            training continues from it exactly as it would have gone on.
 
     Returns:
         A ``TrainResult`` holding the model with the best validation weights.
@@ -166,8 +196,28 @@ def train(
     best, best_loss, stale = BestWeights(model), math.inf, 0
     max_steps = config.max_steps or math.inf
     deadline = config.max_minutes * 60 or math.inf
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
+    start, first_epoch, saved_at = time.perf_counter(), 0, time.perf_counter()
+    state = checkpoint.load() if checkpoint and checkpoint.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule:
+            schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        best.state = state["best"]
+        best_loss, stale, result.best_epoch = (
+            state["best_loss"],
+            state["stale"],
+            state["best_epoch"],
+        )
+        result.history, result.steps = state["history"], state["steps"]
+        start -= state["seconds"]
+        first_epoch = len(result.history)
+        for row in result.history:  # the tracker gets the whole curve
+            if on_epoch:
+                on_epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+    for epoch in range(first_epoch, config.epochs):
         model.train()
         model.epoch = epoch  # kinds with a schedule of their own read it (VAE KL warm-up)
         total = torch.zeros((), device=device)
@@ -211,21 +261,54 @@ def train(
         if metrics["val_loss"] < best_loss:
             best_loss, stale, result.best_epoch = metrics["val_loss"], 0, epoch
             best.keep()
-            if checkpoint and time.perf_counter() - best.saved_at >= CHECKPOINT_SECONDS:
-                save_model(model, checkpoint)
-                best.saved_at, best.saved_epoch = time.perf_counter(), epoch
         else:
             stale += 1
             if stale >= config.patience:
                 result.stopped = "early_stopping"
         if result.stopped != "epochs":
             break
+        if checkpoint and time.perf_counter() - saved_at >= config.checkpoint_seconds:
+            checkpoint.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict() if schedule else None,
+                    "generator": generator.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "best": best.state,
+                    "best_loss": best_loss,
+                    "stale": stale,
+                    "best_epoch": result.best_epoch,
+                    "history": result.history,
+                    "steps": result.steps,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+            saved_at = time.perf_counter()
     result.seconds = time.perf_counter() - start
     best.restore()
     model.eval()
-    if checkpoint and best.saved_epoch != result.best_epoch:
-        save_model(model, checkpoint)
     return result
+
+
+def fingerprint(processed: Path, model_config: ModelConfig, train_config: TrainConfig) -> str:
+    """What a training state depends on: the settings that shape it and the input rows.
+
+    The normalizer's digest stands for the rows (it holds their counts and moments);
+    the budgets and the checkpoint interval do not change a step, so they are left out.
+    """
+    settings = {
+        **dataclasses.asdict(model_config),
+        **{
+            k: v
+            for k, v in dataclasses.asdict(train_config).items()
+            if k not in ("epochs", "max_steps", "max_minutes", "checkpoint_seconds", "compile")
+        },
+    }
+    files = [(p.name, p.stat().st_size) for p in sorted(processed.glob("*.parquet"))]
+    normalizer = processed.parent / "normalizer.json"
+    digest = file_digest(normalizer, "sha256") if normalizer.exists() else ""
+    return json.dumps([settings, files, digest], sort_keys=True, default=str)
 
 
 def fit_autoencoder(
@@ -235,12 +318,18 @@ def fit_autoencoder(
     model_config: ModelConfig,
     train_config: TrainConfig,
     on_epoch: OnEpoch | None = None,
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """The train stage: build a model for the processed features, train it and save it.
 
     Trains on every training row, or on a uniform sample of ``train.max_rows`` of them
     when there are more; stops early on a fixed sample of ``train.max_val_rows``
     validation rows. Memory is bounded by these two, whatever the table's size.
+
+    With ``checkpoint_path``, the training state is saved there while training runs and
+    removed when it ends; ``resume`` continues from it when it was saved with the same
+    settings and data (``resumed_epochs`` in the summary), and starts over otherwise.
 
     Returns:
         A summary: ``best_val_loss``, ``epochs_run``, ``train_seconds``,
@@ -256,15 +345,22 @@ def fit_autoencoder(
     device = select_device(train_config.device)
     torch.manual_seed(train_config.seed)
     model = build_model(model_config, d, schema["blocks"]).to(device)
+    checkpoint = None
+    if checkpoint_path is not None:
+        checkpoint = Checkpoint(checkpoint_path, fingerprint(processed, model_config, train_config))
+        checkpoint = dataclasses.replace(checkpoint, resume=resume)
+    resumed = checkpoint.load() if checkpoint and resume else None
     result = train(
         model,
         torch.from_numpy(train_rows.x),
         torch.from_numpy(val_rows.x),
         train_config,
         on_epoch=on_epoch,
-        checkpoint=model_path,
+        checkpoint=checkpoint,
     )
     save_model(result.model, model_path)
+    if checkpoint:
+        checkpoint.remove()
     rows_seen = result.steps * result.batch_size
     summary = {
         "best_epoch": result.best_epoch,
@@ -283,6 +379,7 @@ def fit_autoencoder(
         "batch_size": result.batch_size,
         "learning_rate": result.learning_rate,
         "device": result.device,
+        "resumed_epochs": len(resumed["history"]) if resumed else 0,
     }
     write_json({"summary": summary, "epochs": result.history}, history_path)
     return summary

@@ -81,10 +81,19 @@ def run(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any parameter: section.key=value.")
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue training from the checkpoint an interrupted run left."),
+    ] = False,
     params: Params = Path("params.yaml"),
 ) -> None:
-    """Run the train-autoencoder flow: ingest, normalize, train, evaluate, export."""
+    """Run the train-autoencoder flow: ingest, normalize, train, evaluate, export.
+
+    A password in the source URL stays in this process: the flow, MLflow and the logs get
+    the URL without it. Better still, write ``${NAME}`` and set environment variable NAME.
+    """
     start = time.perf_counter()
+    source = keep_secrets_here(source)
     overrides = {
         "model.kind": kind,
         "model.latent_dim": latent_dim,
@@ -119,11 +128,21 @@ def run(
             overrides=overrides,
             params_path=str(params),
             root=str(Path.cwd()),
+            resume=resume,
         )
     except AepipeError as error:
         fail(str(error))
     print_summary(summary, time.perf_counter() - start)
     exit_now()
+
+
+def keep_secrets_here(source: str | None) -> str | None:
+    """The source with its credentials hidden; only this process can open it again."""
+    if source is None:
+        return None
+    from aecore.io import hide_secrets
+
+    return hide_secrets(source)
 
 
 def preflight(
@@ -201,10 +220,12 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
     if fit:
         rows = f"{fit['train_rows']:,} of {fit['train_rows_total']:,} training rows"
         rows += " (a uniform sample)" if fit["train_sampled"] else ""
+        resumed = fit.get("resumed_epochs", 0)
         table.add_row(
             "training",
-            f"{fit['epochs_run']} epochs, {STOPPED[fit['stopped']]}; "
-            f"batch {fit['batch_size']}; {rows}",
+            f"{fit['epochs_run']} epochs"
+            + (f" ({resumed} resumed)" if resumed else "")
+            + f", {STOPPED[fit['stopped']]}; batch {fit['batch_size']}; {rows}",
         )
     if "auroc" in metrics:
         table.add_row("AUROC / AP", f"{metrics['auroc']:.4f} / {metrics['avg_precision']:.4f}")
@@ -258,28 +279,35 @@ def score(
     this project, so ``aepipe run --source a.csv`` then ``aepipe score --source b.csv``
     scores b with a's model. (The served deployment keeps params.yaml's dataset.)
     """
-    from flows import server
-
-    temporary = server.start_if_needed()
-    from aecore.config import load_params
-    from aecore.errors import AepipeError
-
+    source = keep_secrets_here(source)
     overrides = {
         "orchestration.task_runner": task_runner,
         "orchestration.dask_address": dask_address,
     }
-    try:
+    from aecore.config import load_params
+    from aecore.errors import AepipeError
+    from aecore.io import list_source_files
+    from aecore.layout import scoring_target, trained_last
+
+    try:  # mistakes end here, before any server or run starts
         resolved = load_params(params, overrides)
+        if dataset is None and model is None:
+            dataset = trained_last(Path.cwd())
+            if dataset:
+                print(f"dataset: {dataset} (trained last here; --dataset to choose)")
+        scoring_target(Path.cwd(), resolved.data.dataset, source, model, batch_id, dataset)
+        if source is not None:
+            list_source_files(source)
+    except AepipeError as error:
+        fail(str(error))
+    from flows import server
+
+    temporary = server.start_if_needed()
+    try:
         from flows.runners import with_task_runner
         from flows.score import score_batches
 
         hide_tracebacks_of_user_errors()
-        if dataset is None and model is None:
-            from aecore.layout import trained_last
-
-            dataset = trained_last(Path.cwd())
-            if dataset:
-                print(f"dataset: {dataset} (trained last here; --dataset to choose)")
         if temporary:
             temporary.wait_ready()
         flow = with_task_runner(score_batches, resolved.orchestration)

@@ -15,15 +15,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aecore import config as cfg
-from aecore.errors import AepipeError
-from aecore.io import file_digest, list_source_files, redact_url, write_json
-from aecore.layout import Layout
+from aecore.io import file_digest, list_source_files, redact_url, sweep_leftovers, write_json
+from aecore.layout import Layout, scoring_target
 from aecore.score import score_batch
 from flows import tracking
 from flows.runners import mapper, retry_unless_user_error, submit_parts
 from flows.train import artifact_key
-
-RESERVED_BATCHES = ("train",)  # batch=train is the training run's table
 
 
 def ledger_path(layout: Layout) -> Path:
@@ -235,23 +232,42 @@ def score_batches(
     """
     base = Path(root).resolve()
     params = cfg.load_params(base / params_path).with_overrides(overrides or {})
-    trained_on = tracking.dataset_of(model) if model else None
-    if dataset and trained_on and dataset != trained_on:
-        message = f"{model} is the model of dataset {trained_on!r}, not of {dataset!r}"
-        raise AepipeError(message)
-    layout = Layout(base, dataset or trained_on or params.data.dataset)
-    model_uri = model or f"models:/{tracking.registered_name(layout.dataset)}@champion"
+    target = scoring_target(base, params.data.dataset, source, model, batch_id, dataset)
+    layout, model_uri = target.layout, target.model_uri
     tracking.configure(base)
-    if source is not None:
-        batch = cfg.dataset_name(source) if batch_id is None else batch_id.strip()
-        if batch in RESERVED_BATCHES:
-            message = f"batch id {batch!r} is reserved for the training table; choose another"
-            raise AepipeError(message)
-        return [score_one(source, batch, model_uri, layout, params, base)]
-    if batch_id is not None:
-        message = "--batch-id names one batch: give --source too (the inbox has one per file)"
-        raise AepipeError(message)
-    folder = base / params.score.inbox / layout.dataset
+    sweep_leftovers(layout.latents)
+    for run_id in tracking.reap_dead_runs(f"{layout.dataset}-scoring", layout):
+        get_run_logger().warning("MLflow run %s: its process died; marked FAILED", run_id)
+    if source is not None and target.batch is not None:
+        return [score_one(source, target.batch, model_uri, layout, params, base)]
+    with inbox_lock(layout):  # one inbox scoring of a dataset at a time: no file twice
+        return score_inbox(base / params.score.inbox / layout.dataset, model_uri, layout, params)
+
+
+@contextmanager
+def inbox_lock(layout: Layout) -> Iterator[None]:
+    """Hold the dataset's inbox lock (an OS lock: a dead holder releases it)."""
+    from filelock import FileLock, Timeout
+
+    path = ledger_path(layout).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        get_run_logger().info("%s: another inbox scoring runs; waiting for it", layout.dataset)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def score_inbox(
+    folder: Path, model_uri: str, layout: Layout, params: cfg.Params
+) -> list[dict[str, Any]]:
+    """Score every file of the inbox ``folder`` not in the ledger; one batch per file."""
+    base = layout.root
     ledger = read_ledger(layout)
     files = pending_files(folder, ledger)
     if mapper(params.orchestration) and len(files) > 1:

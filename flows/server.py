@@ -38,7 +38,8 @@ class TemporaryServer:
         command = [
             sys.executable,
             "-m",
-            "uvicorn",
+            "flows.server",  # uvicorn, which exits when this process dies, even by kill -9
+            str(os.getpid()),
             "--app-dir",
             str(app_dir),
             "--factory",
@@ -113,3 +114,22 @@ def configured_in_profile() -> bool:
         return False
     active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
     return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
+def serve_for(parent: int, arguments: list[str]) -> None:
+    """Run uvicorn with ``arguments`` until it stops or process ``parent`` is gone."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)  # the parent died without stopping us: nobody else will
+
+    threading.Thread(target=watch, daemon=True).start()
+    from uvicorn.main import main
+
+    main(arguments)
+
+
+if __name__ == "__main__":
+    serve_for(int(sys.argv[1]), sys.argv[2:])

@@ -17,11 +17,14 @@ from aecore.pipeline import run_stage
 
 def run(name: str, params: Params, root: Path) -> None:
     """Run stage ``name`` with ``params`` under ``root/data``; export also tracks the run."""
+    from flows.versioning import journal
+
     layout = Layout(root, params.data.dataset)
     if name == "export":
         export_and_track(params, layout, root)
     else:
         run_stage(name, params, layout)
+    journal(layout)
 
 
 def export_and_track(params: Params, layout: Layout, root: Path) -> dict:

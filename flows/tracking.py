@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from aecore.io import redact_url
-from aecore.layout import Layout
+from aecore.layout import Layout, parse_model_uri, registered_name
 
 STORE = Path("mlflow") / "mlflow.db"
 ARTIFACTS = Path("mlflow") / "artifacts"
@@ -80,17 +79,6 @@ def warm_up(root: Path, dataset: str) -> None:
     MlflowClient().search_registered_models(max_results=1)
 
 
-def registered_name(dataset: str) -> str:
-    """The registry name of a dataset's model."""
-    return f"{dataset}-autoencoder"
-
-
-def dataset_of(model_uri: str) -> str | None:
-    """The dataset of a registered aepipe model's URI (``models:/<dataset>-autoencoder…``)."""
-    found = re.fullmatch(r"models:/(?P<name>[^/@]+)-autoencoder(?:[/@].*)?", model_uri)
-    return found["name"] if found else None
-
-
 def ensure_experiment(name: str, root: Path) -> str:
     """Return the id of experiment ``name``, creating it (artifacts under mlflow/artifacts)."""
     experiment = mlflow.get_experiment_by_name(name)
@@ -111,11 +99,55 @@ def start_run(
     The run ends FAILED when the block raises, FINISHED otherwise.
     """
     experiment_id = ensure_experiment(experiment, root)
-    all_tags = {k: v for k, v in tags.items() if v}
+    all_tags = {k: v for k, v in tags.items() if v} | {PROCESS_TAG: this_process()}
     with mlflow.start_run(experiment_id=experiment_id, tags=all_tags) as run:
         safe = {k: redact_url(v) if isinstance(v, str) else v for k, v in params.items()}
         mlflow.log_params({k: "null" if v is None else v for k, v in safe.items()})
         yield run
+
+
+PROCESS_TAG = "aepipe.process"  # host:pid of the process that runs it, to find dead runs
+
+
+def this_process() -> str:
+    """``host:pid`` of this process."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def reap_dead_runs(experiment: str, layout: Layout) -> list[str]:
+    """End the runs that a process of this machine left RUNNING when it died, as FAILED.
+
+    A model version that such a run registered never got its table and results: it is
+    deleted, with whatever partition it had started, so no half-registered model stays.
+
+    Returns:
+        The ids of the runs ended.
+    """
+    import shutil
+    import socket
+
+    from aecore.io import is_alive
+
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    client = MlflowClient()
+    runs = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
+    reaped = []
+    for run in runs:
+        host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit() or is_alive(int(pid)):
+            continue
+        for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            if not version.aliases:
+                client.delete_model_version(version.name, version.version)
+                shutil.rmtree(layout.model_folder(str(version.version)), ignore_errors=True)
+        client.set_tag(run.info.run_id, "aepipe.failure", "the process running it died")
+        client.set_terminated(run.info.run_id, "FAILED")
+        reaped.append(run.info.run_id)
+    return reaped
 
 
 class EpochLogger:
@@ -331,15 +363,7 @@ def load_scoring_model(model_uri: str) -> tuple[Any, dict[str, str]]:
     """
     from aecore.errors import AepipeError
 
-    found = re.fullmatch(
-        r"models:/(?P<name>[^/@]+)(?:/(?P<number>\d+)|@(?P<alias>[\w-]+))", model_uri
-    )
-    if not found:
-        message = (
-            f"{model_uri}: scoring takes a registered model, models:/<name>/<version> "
-            "or models:/<name>@<alias>"
-        )
-        raise AepipeError(message)
+    found = parse_model_uri(model_uri)
     client = MlflowClient()
     try:
         if found["alias"]:

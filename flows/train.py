@@ -17,7 +17,8 @@ from prefect.context import get_run_context
 
 from aecore import config as cfg
 from aecore import schema, train
-from aecore.layout import Layout
+from aecore.io import sweep_leftovers
+from aecore.layout import Layout, registered_name
 from aecore.pipeline import run_stage
 from flows import tracking, versioning
 from flows.runners import mapper, retry_unless_user_error
@@ -39,9 +40,11 @@ def stage_task(
     layout: Layout,
     on_epoch: train.OnEpoch | None = None,
     metadata: dict[str, str] | None = None,
+    resume: bool = False,
 ) -> tuple[Any, float]:
     """Run one stage; return its result and the seconds it took."""
-    return timed(run_stage, name, params, layout, on_epoch, metadata, mapper(params.orchestration))
+    parts = mapper(params.orchestration)
+    return timed(run_stage, name, params, layout, on_epoch, metadata, parts, resume)
 
 
 def run_in_task(
@@ -50,13 +53,16 @@ def run_in_task(
     layout: Layout,
     on_epoch: train.OnEpoch | None = None,
     metadata: dict[str, str] | None = None,
+    resume: bool = False,
 ) -> tuple[Any, float]:
     """Run a stage as a task named after it; ingest retries I/O faults (a remote source)."""
     retries = {"retries": 2, "retry_delay_seconds": [2, 10]} if name == "ingest" else {}
     task_ = stage_task.with_options(
         name=name, task_run_name=name, retry_condition_fn=retry_unless_user_error, **retries
     )
-    return task_(name, params, layout, on_epoch, metadata)
+    result = task_(name, params, layout, on_epoch, metadata, resume)
+    versioning.journal(layout)  # its outputs are the pipeline's own, should a crash follow
+    return result
 
 
 @task(cache_policy=NO_CACHE)
@@ -121,6 +127,7 @@ def train_autoencoder(
     overrides: dict[str, Any] | None = None,
     params_path: str = "params.yaml",
     root: str = ".",
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Ingest, normalize, train, evaluate and export; track the run in MLflow.
 
@@ -136,6 +143,8 @@ def train_autoencoder(
         overrides: any other parameter as dotted keys, e.g. ``{"train.learning_rate": 0.001}``.
         params_path: the parameters file, relative to ``root``.
         root: the project folder that holds data/ and mlflow/.
+        resume: training continues from the checkpoint that an interrupted run of the
+            same settings and data left (``train.checkpoint_seconds``).
 
     Returns:
         A summary: metrics, the latent table's path, the MLflow run id and model version.
@@ -159,6 +168,9 @@ def train_autoencoder(
     schema.check_source(params.data)  # bad input fails here: no MLflow run, nothing written
     versioning.check_outputs(base, layout)
     tracking.configure(base)
+    sweep_leftovers(*layout.folders())
+    for run_id in tracking.reap_dead_runs(params.data.dataset, layout):
+        get_run_logger().warning("MLflow run %s: its process died; marked FAILED", run_id)
     context = get_run_context()
     flow_run_id = str(context.flow_run.id) if getattr(context, "flow_run", None) else ""
     tags = {"prefect.flow_run_id": flow_run_id, "aepipe.dataset": params.data.dataset}
@@ -171,7 +183,7 @@ def train_autoencoder(
             get_run_logger().warning(warning)
         _, seconds["normalize"] = run_in_task("normalize", params, layout)
         with EpochReporter(tracking.EpochLogger(run_id), params.train.epochs) as reporter:
-            fit, seconds["train"] = run_in_task("train", params, layout, reporter)
+            fit, seconds["train"] = run_in_task("train", params, layout, reporter, resume=resume)
         metrics, seconds["evaluate"] = run_in_task("evaluate", params, layout)
 
         def write_table(metadata: dict[str, str]) -> Path:
@@ -192,7 +204,7 @@ def train_autoencoder(
             get_run_logger().warning(warning)
         warnings += versions.warnings
     report = (layout.figures / "report.md").read_text()
-    model_name = tracking.registered_name(params.data.dataset)
+    model_name = registered_name(params.data.dataset)
     status = " (champion)" if summary["champion"] else ""
     footer = (
         f"MLflow run `{summary['run_id']}`, model `{model_name}` "

@@ -121,19 +121,54 @@ def push(repo, md5s: list[str]) -> str | None:  # noqa: ANN001
 def check_outputs(root: Path, layout: Layout) -> None:
     """Refuse to overwrite a stage output that was edited by hand.
 
-    A file is safe to replace when its bytes are in DVC's cache: every run and every
-    `dvc commit` puts them there. Outside a DVC repository, nothing is checked.
+    A file is the pipeline's own when its size and modification time are those the
+    journal recorded after the stage that wrote it (a crashed run's outputs), or when
+    its bytes are in DVC's cache (every finished run and every `dvc commit` puts them
+    there). Outside a DVC repository, nothing is checked.
     """
     if not (root / ".dvc").is_dir():
         return
+    written = read_journal(layout)
+    unknown = [p for p in layout.stage_files() if written.get(journal_key(layout, p)) != stat(p)]
+    if not unknown:
+        return
     with open_repo(root) as repo:
-        for path in layout.stage_files():
+        for path in unknown:
             if not Path(repo.cache.local.oid_to_path(file_digest(path))).exists():
                 message = (
                     f"{path.relative_to(root)}: changed since the last run and not in DVC's "
                     "cache; keep it with `dvc commit`, or discard it with `dvc checkout`"
                 )
                 raise AepipeError(message)
+
+
+def stat(path: Path) -> list[int]:
+    """What tells a file's version without reading it: size and modification time (ns)."""
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def journal_key(layout: Layout, path: Path) -> str:
+    """A file's name in the journal: its path under data/."""
+    return path.relative_to(layout.data).as_posix()
+
+
+def read_journal(layout: Layout) -> dict[str, list[int]]:
+    """``{path: [size, mtime_ns]}`` of the outputs the pipeline wrote last."""
+    try:
+        return json.loads(layout.journal.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def journal(layout: Layout) -> None:
+    """Record the stage outputs as the pipeline's own; call it after every stage.
+
+    Outputs were checked when the run began, so what is there now is the run's.
+    """
+    from aecore.io import write_json
+
+    write_json({journal_key(layout, p): stat(p) for p in layout.stage_files()}, layout.journal)
 
 
 def data_tags(

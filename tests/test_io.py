@@ -215,14 +215,35 @@ def test_multi_line_errors_hide_query_strings():
     assert shown.endswith("https://h/g?***")
 
 
-def test_leftovers_of_another_dataset_are_not_touched(tmp_path):
-    other = tmp_path / ".sales.eu.abc123.tmp"  # an ingest of "sales.eu" in progress
-    other.mkdir()
-    mine = tmp_path / ".sales.x1y2z3.tmp"  # a crashed ingest of "sales"
-    mine.mkdir()
+def dead_pid() -> int:
+    import subprocess
+
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_only_the_leftovers_of_dead_processes_are_swept(tmp_path):
+    import os
+
+    dead = dead_pid()
+    live = tmp_path / f".sales.{os.getppid()}-abc123.tmp"  # a live process's write
+    live.mkdir()
+    crashed = tmp_path / "model=1" / "batch=a" / f".part-0.parquet.{dead}-x1y2.tmp"
+    crashed.parent.mkdir(parents=True)
+    crashed.write_bytes(b"half a partition")
+    moved = tmp_path / f".raw.{dead}-q9.old.tmp"  # moved aside, its replacement never came
+    moved.mkdir()
+    (moved / "part.parquet").write_text("kept")
+    user = tmp_path / ".notes.tmp"  # not a name the pipeline makes
+    user.write_text("mine")
+    swept = io.sweep_leftovers(tmp_path)
+    assert sorted(swept) == sorted([crashed, moved])
+    assert live.exists() and user.exists() and not crashed.exists()
+    assert (tmp_path / "raw" / "part.parquet").read_text() == "kept"
     with io.atomic_dir(tmp_path / "sales") as folder:
         (folder / "a").write_text("1")
-    assert other.exists() and not mine.exists()
+    assert live.exists() and (tmp_path / "sales" / "a").exists()
 
 
 @pytest.mark.parametrize(("role", "name"), [("label_col", "recon_error"), ("id_col", "z0")])
