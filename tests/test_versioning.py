@@ -47,7 +47,7 @@ def make_repo(root: Path, source: Path | None = None, **changes: object) -> Path
             "data__image_shape": None,
         }
     root.mkdir(exist_ok=True)
-    write_project(root, train__epochs=8, **changes)
+    write_project(root, **{"train__epochs": 8, **changes})
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "aecore", root / "aecore", ignore=shutil.ignore_patterns("__pycache__"))
