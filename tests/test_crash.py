@@ -71,15 +71,15 @@ def runs(root: Path, experiment: str) -> list:
     return client.search_runs([found.experiment_id], order_by=["start_time ASC"])
 
 
+SYNTHETIC = {"data__image_shape": None, "data__label_col": "label", "train__device": "cpu"}
+
+
 def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path):
     make_data(tmp_path / "source", rows=20000, cols=16, seed=1)
-    options = {
-        "data__image_shape": None,
-        "data__label_col": "label",
+    options = SYNTHETIC | {
         "train__epochs": 40,
         "train__patience": 1000,
         "train__checkpoint_seconds": 0.2,
-        "train__device": "cpu",
     }
     args = ("run", "--source", str(tmp_path / "source"), "--dataset", "sensors")
     crashed = make_repo(tmp_path / "crashed", **options)
@@ -119,12 +119,9 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path):
 
 def test_killed_export_and_scoring_leave_nothing_half_done(tmp_path):
     make_data(tmp_path / "source", rows=400_000, cols=16, seed=2)
-    options = {
-        "data__image_shape": None,
-        "data__label_col": "label",
+    options = SYNTHETIC | {
         "train__epochs": 1,
         "train__max_steps": 3,
-        "train__device": "cpu",
         "export__row_group_size": 16384,
     }
     root = make_repo(tmp_path / "project", **options)
