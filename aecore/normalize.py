@@ -447,6 +447,7 @@ class NormalizerFit:
             None if normalizer.kinds[c] in NUMBERS else {} for c in normalizer.columns
         ]
         self.missing = [False] * len(normalizer.columns)
+        self.infinite = [0] * len(normalizer.columns)
         self.sample = BottomK(sample_rows, sample_limit)
         self.n = 0
         self.n_obs = self.mean = self.m2 = self.low = self.high = None
@@ -463,6 +464,7 @@ class NormalizerFit:
                 values = values.reshape(len(values), -1)
                 numbers.append(values)
                 self.missing[i] |= bool(np.isnan(values).any())
+                self.infinite[i] += int(np.isinf(values).any(axis=1).sum())
             elif len(counts) <= normalizer.max_onehot:
                 batch = pd.Series(values, dtype=object).value_counts(dropna=True)
                 for value, count in batch.items():
@@ -495,8 +497,20 @@ class NormalizerFit:
         self.low, self.high = np.minimum(self.low, low_b), np.maximum(self.high, high_b)
 
     def finish(self) -> Normalizer:
-        """Set the normalizer's codes and its median, centre and scale per model input."""
+        """Set the normalizer's codes and its median, centre and scale per model input.
+
+        Raises:
+            AepipeError: naming the column and the count, when a training row holds an
+                infinite number (an empty value is a missing one; inf has no meaning).
+        """
         normalizer = self.normalizer
+        for name, count in zip(normalizer.columns, self.infinite, strict=True):
+            if count:
+                message = (
+                    f"{self.source}: column {name!r} holds {count} infinite values (inf or "
+                    f"-inf) in {self.n:,} training rows; make them empty (missing) or finite"
+                )
+                raise AepipeError(message)
         normalizer.codes = []
         for name, counts, missing in zip(
             normalizer.columns, self.counts, self.missing, strict=True
@@ -574,7 +588,7 @@ def normalize(
         config.missing_indicator,
     )
     limit = None if split.sample_limit == math.inf else split.sample_limit
-    fitting = NormalizerFit(normalizer, config.sample_rows, str(raw), limit)
+    fitting = NormalizerFit(normalizer, config.sample_rows, schema.get("source", str(raw)), limit)
     columns = list(dict.fromkeys([schema["id_col"], *schema["features"]]))
     for path in parquet_files(raw):
         for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=columns):

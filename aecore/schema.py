@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aecore.config import DataConfig
@@ -300,6 +301,15 @@ def plan_ingest(source: Source, config: DataConfig) -> tuple[pa.Schema, dict]:
         message = f"{shown}: the source has no rows"
         raise AepipeError(message)
     id_col, features = select_columns(first, config, shown)
+    for name in features:  # later rows are checked as they are normalized
+        column = first.column(name)
+        infinite = pc.sum(pc.is_inf(column)).as_py() if pa.types.is_floating(column.type) else 0
+        if infinite:
+            message = (
+                f"{shown}: column {name!r} holds {infinite} infinite values (inf or -inf) in "
+                f"its first {first.num_rows:,} rows; make them empty (missing) or finite"
+            )
+            raise AepipeError(message)
     unused = unused_columns(first, {config.id_col, config.label_col}, features)
     if config.id_col is None:
         schema = schema.insert(0, pa.field(ROW_ID, pa.int64()))

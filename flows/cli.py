@@ -183,22 +183,25 @@ def exit_now(code: int = 0) -> None:
 
 
 class _UserErrorFilter(logging.Filter):
-    """Drop the traceback from log records of user mistakes; the message says it all."""
+    """Keep user mistakes off the console: the CLI prints them once, on one line.
+
+    Prefect's server still gets every record (its handler is not filtered).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         from aecore.errors import AepipeError
 
         if record.exc_info and isinstance(record.exc_info[1], AepipeError):
-            record.exc_info = None
-            record.exc_text = None
-        return True
+            return False
+        return "AepipeError" not in record.getMessage()
 
 
 def hide_tracebacks_of_user_errors() -> None:
-    """Keep Prefect's console log to one line when a run fails on bad input."""
+    """Keep Prefect's console log free of the errors that the CLI prints itself."""
     for logger in (logging.getLogger(), logging.getLogger("prefect")):
         for handler in logger.handlers:
-            handler.addFilter(_UserErrorFilter())
+            if type(handler).__name__ != "APILogHandler":
+                handler.addFilter(_UserErrorFilter())
 
 
 def print_summary(summary: dict[str, Any], wall_s: float) -> None:

@@ -213,8 +213,17 @@ def test_training_refuses_infinite_values_by_column(frame, tmp_path):
     frame.assign(b=np.where(np.arange(200) % 50 == 0, np.inf, frame["b"])).to_csv(
         source, index=False
     )
-    raw = schema.ingest(DataConfig("t", str(source), "id", "label", None, None), tmp_path / "r")
+    config = DataConfig("t", str(source), "id", "label", None, None)
+    with pytest.raises(AepipeError, match=r"t.csv: column 'b' holds 4 infinite values .* first"):
+        schema.ingest(config, tmp_path / "r")  # seen in the first rows: refused at once
+    generator = np.random.default_rng(0)
+    late = pd.DataFrame(generator.normal(size=(150_000, 2)), columns=["a", "b"])
+    late.loc[[149_000, 149_500], "b"] = [np.inf, -np.inf]  # beyond the rows ingest looks at
+    late.to_parquet(tmp_path / "late.parquet")
+    raw = schema.ingest(
+        DataConfig("late", str(tmp_path / "late.parquet"), None, None, None, None), tmp_path / "r"
+    )
     config = NormalizeConfig("zscore", 0.2, 0, 20, 16, True, 262144)
-    with pytest.raises(AepipeError, match=r"t.csv: column 'b' holds 4 infinite values"):
+    with pytest.raises(AepipeError, match=r"late.parquet: column 'b' holds \d infinite values"):
         normalize(raw, tmp_path / "p", tmp_path / "n.json", config)
     assert not (tmp_path / "p").exists() and not (tmp_path / "n.json").exists()
