@@ -261,7 +261,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def read_latents(
-    path: Path, batches: Sequence[str] | None = None, version: str | None = None
+    path: str | Path, batches: Sequence[str] | None = None, version: str | None = None
 ) -> pd.DataFrame:
     """Read one latent space of a table: the current one, or model ``version``.
 
@@ -279,6 +279,7 @@ def read_latents(
     """
     import pyarrow.dataset as ds
 
+    path = Path(path)
     version = version or current_version(path)
     if version is None:
         message = f"{path}: no {CURRENT} pointer yet (no champion model has written this table)"

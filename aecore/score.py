@@ -129,7 +129,8 @@ def check_schema(schema: pa.Schema, reference: Mapping, shown: str) -> list[str]
     extra = sorted(names - known)
     if extra:
         listed = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
-        return [f"{shown}: {len(extra)} columns the model does not use are ignored: {listed}"]
+        columns = "column" if len(extra) == 1 else f"{len(extra)} columns"
+        return [f"{shown}: {columns} not used, the model was not trained on them: {listed}"]
     return []
 
 
