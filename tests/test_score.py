@@ -119,7 +119,8 @@ def test_extra_columns_are_ignored_with_a_warning(trained, tmp_path):
     frame.head(50).assign(note="x", score=1.0).to_parquet(tmp_path / "extra.parquet")
     summary = run(layout, tmp_path / "extra.parquet", "extra")
     assert summary.warnings == [
-        f"{tmp_path / 'extra.parquet'}: 2 columns not used, the model was not trained on them: note, score"
+        f"{tmp_path / 'extra.parquet'}: 2 columns not used, the model was not trained on "
+        "them: note, score"
     ]
     assert "note" not in pq.read_schema(layout.partition("extra", "0")).names
 
