@@ -97,6 +97,12 @@ def list_source_files(source: str) -> tuple[object, list[str]]:
         elif fs.isdir(path):
             files = fs.find(path)
         elif fs.exists(path):
+            if not format_of(path):
+                message = (
+                    f"{shown}: not a CSV, TSV, Parquet or JSONL file (judged by its name: "
+                    ".csv, .tsv, .parquet, .jsonl, optionally .gz, .bz2, .xz)"
+                )
+                raise AepipeError(message)
             return fs, [path]
         else:
             message = f"{shown}: no such file or directory"
@@ -113,10 +119,16 @@ def list_source_files(source: str) -> tuple[object, list[str]]:
     return fs, files
 
 
+def printable(text: str, limit: int = 160) -> str:
+    """``text`` safe for a terminal: control and undecodable characters as ``?``, cut short."""
+    shown = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 def first_line(error: BaseException) -> str:
     """An error's first line, secrets hidden: what a one-line message may show of it."""
     text = str(error).strip()
-    return redact_url(text.splitlines()[0] if text else type(error).__name__)
+    return printable(redact_url(text.splitlines()[0] if text else type(error).__name__))
 
 
 class TypeWidened(Exception):
@@ -202,6 +214,10 @@ class Source:
                 schema = reader.schema
             finally:
                 reader.close()
+        repeated = sorted({name for name in schema.names if schema.names.count(name) > 1})
+        if repeated:
+            message = f"{self.shown_file(path)}: column {repeated[0]!r} appears more than once"
+            raise AepipeError(message)
         self._file_schemas[path, str(self.widened)] = schema
         return schema
 
@@ -297,10 +313,49 @@ class Source:
                 self.widened[name] = widened
                 self._schema = None
                 return TypeWidened(name)
-        reason = text.splitlines()[0] if text else type(error).__name__
-        kind = (format_of(path) or "file").upper()
-        message = f"{self.shown_file(path)}: cannot read as {kind}: {redact_url(reason)}"
+        if found and found[2] and "changed from number to string" in text:
+            message = (
+                f"{self.shown_file(path)}: column {found[2].lstrip('/')!r} holds both numbers "
+                "and text; quote its values, or give a CSV or Parquet source"
+            )
+            return AepipeError(message)
+        kind = format_of(path) or "file"
+        line = self._bad_line(path, kind) if "parse error" in text else None
+        if line is not None:
+            number, problem = line
+            message = f"{self.shown_file(path)}: line {number} {problem}"
+            return AepipeError(message)
+        reason = printable(text.splitlines()[0] if text else type(error).__name__)
+        message = f"{self.shown_file(path)}: cannot read as {kind.upper()}: {redact_url(reason)}"
         return AepipeError(message)
+
+    def _bad_line(self, path: str, kind: str) -> tuple[int, str] | None:
+        """The first line of a text file that does not parse, and why (an error's cause).
+
+        Arrow's parse errors count rows within a block and may quote the line's bytes:
+        read again, line by line, to name the line as an editor numbers it.
+        """
+        import codecs
+        import csv
+
+        with self._open(path) as handle:
+            lines = codecs.getreader("utf-8")(handle, errors="replace")
+            if kind == "json":
+                for number, text in enumerate(lines, start=1):
+                    if text.strip():
+                        try:
+                            json.loads(text)
+                        except ValueError:
+                            return number, "is not valid JSON"
+                return None
+            delimiter = "\t" if ".tsv" in path.lower() else ","
+            rows = csv.reader(lines, delimiter=delimiter)
+            header = next(rows, [])
+            for row in rows:
+                if row and len(row) != len(header):
+                    problem = f"has {len(row)} fields, the header {len(header)}"
+                    return rows.line_num, problem
+        return None
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

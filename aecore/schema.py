@@ -67,10 +67,13 @@ def column_kind(column_type: pa.DataType) -> str | None:
 def is_feature(column: pa.ChunkedArray) -> bool:
     """Whether a column is a feature by default: a usable type, and not a key.
 
-    ``column`` is the first rows of the source (up to ``KEY_ROWS``). A text column with a
-    different value in each of them (a name, a key, free text) has nothing to learn
+    ``column`` is the first rows of the source (up to ``KEY_ROWS``). A column empty in
+    all of them, or a text column with a different value in each (a name, a key, free
+    text), has nothing to learn
     from; it stays in the raw data but is not a feature.
     """
+    if len(column) and column.null_count == len(column):
+        return False  # empty in every row read: nothing to learn, and it would be imputed
     kind = column_kind(column.type)
     if kind != "categorical":
         return kind is not None
@@ -131,7 +134,9 @@ def unused_columns(head: pa.Table, roles: set[str | None], features: list[str]) 
         if name in roles or name in features:
             continue
         kind = column_kind(head.schema.field(name).type)
-        if kind is None:
+        if head.num_rows and head.column(name).null_count == head.num_rows:
+            unused[name] = f"empty in each of its first {head.num_rows:,} rows"
+        elif kind is None:
             unused[name] = (
                 f"its type {head.schema.field(name).type} is not numeric, boolean, datetime or text"
             )
@@ -301,6 +306,14 @@ def plan_ingest(source: Source, config: DataConfig) -> tuple[pa.Schema, dict]:
         message = f"{shown}: the source has no rows"
         raise AepipeError(message)
     id_col, features = select_columns(first, config, shown)
+    if config.id_col:  # the first rows now; every row once ingested (check_ids)
+        ids = first.column(config.id_col)
+        if ids.null_count:
+            message = f"{shown}: id column {id_col!r} has {ids.null_count} empty values"
+            raise AepipeError(message)
+        if pc.count_distinct(ids).as_py() < len(ids):
+            message = f"{shown}: id column {id_col!r} has duplicate values"
+            raise AepipeError(message)
     for name in features:  # later rows are checked as they are normalized
         column = first.column(name)
         infinite = pc.sum(pc.is_inf(column)).as_py() if pa.types.is_floating(column.type) else 0

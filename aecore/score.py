@@ -16,7 +16,14 @@ from torch import nn
 from aecore.errors import AepipeError
 from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns, latent_partition
-from aecore.io import file_digest, format_of, list_source_files, redact_url, temporary_prefix
+from aecore.io import (
+    file_digest,
+    first_line,
+    format_of,
+    list_source_files,
+    redact_url,
+    temporary_prefix,
+)
 from aecore.normalize import Normalizer
 from aecore.schema import ROW_ID, Mapper, column_kind, is_numeric
 from aecore.scorer import AnomalyScorer
@@ -157,7 +164,11 @@ def open_batch(source: str) -> tuple[ds.Dataset, str]:
         message = f"{redact_url(source)}: mixes formats {sorted(map(str, formats))}; use one"
         raise AepipeError(message)
     kind = formats.pop()
-    dataset = ds.dataset(files, filesystem=fs, format="json" if kind == "json" else kind)
+    try:
+        dataset = ds.dataset(files, filesystem=fs, format="json" if kind == "json" else kind)
+    except (pa.ArrowException, OSError) as error:
+        message = f"{redact_url(source)}: cannot read as {kind.upper()}: {first_line(error)}"
+        raise AepipeError(message) from None
     return dataset, redact_url(source)
 
 
@@ -170,12 +181,16 @@ def read_batches(
     the reader, the queue, and memory, grow with the batch. Pulling keeps one row group.
     """
     for fragment in dataset.get_fragments():
-        if isinstance(fragment, ds.ParquetFileFragment):
-            with fragment.filesystem.open_input_file(fragment.path) as handle:
-                file = pq.ParquetFile(handle, pre_buffer=False)
-                yield from file.iter_batches(batch_size=batch_rows, columns=columns)
-        else:
-            yield from fragment.to_batches(columns=columns, batch_size=batch_rows)
+        try:
+            if isinstance(fragment, ds.ParquetFileFragment):
+                with fragment.filesystem.open_input_file(fragment.path) as handle:
+                    file = pq.ParquetFile(handle, pre_buffer=False)
+                    yield from file.iter_batches(batch_size=batch_rows, columns=columns)
+            else:
+                yield from fragment.to_batches(columns=columns, batch_size=batch_rows)
+        except (pa.ArrowException, OSError) as error:  # a file that is not what it says
+            message = f"{redact_url(fragment.path)}: cannot read: {first_line(error)}"
+            raise AepipeError(message) from None
 
 
 def score_batch(

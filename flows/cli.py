@@ -289,7 +289,7 @@ def score(
     }
     from aecore.config import load_params
     from aecore.errors import AepipeError
-    from aecore.io import list_source_files
+    from aecore.io import Source
     from aecore.layout import scoring_target, trained_last
 
     try:  # mistakes end here, before any server or run starts
@@ -300,7 +300,7 @@ def score(
                 print(f"dataset: {dataset} (trained last here; --dataset to choose)")
         scoring_target(Path.cwd(), resolved.data.dataset, source, model, batch_id, dataset)
         if source is not None:
-            list_source_files(source)
+            Source(source).schema()  # every file opens and has columns
     except AepipeError as error:
         fail(str(error))
     from flows import server
