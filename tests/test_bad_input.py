@@ -24,8 +24,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import write_project
-
 pytestmark = pytest.mark.slow
 
 AEPIPE = Path(sys.executable).with_name("aepipe")
@@ -53,8 +51,8 @@ def aepipe(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedPro
 
 
 # -- snapshots -------------------------------------------------------------------------
-# The project is a plain folder, not a git or DVC repository: DVC state is not compared
-# (the runs warn that the data are not versioned and go on).
+# The project is a git + DVC repository: an error case leaves DVC's cache and dvc.lock
+# as they were, as well as data/, the registry and MLflow's runs.
 
 
 def data_files(root: Path) -> dict[str, str]:
@@ -86,6 +84,13 @@ def registry(root: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
         )
         for model in client.search_registered_models()
     }
+
+
+def dvc_state(root: Path) -> tuple[list[str], str]:
+    """DVC's cache (every object's path) and dvc.lock's text."""
+    cache = sorted(p.relative_to(root).as_posix() for p in (root / ".dvc/cache").rglob("*"))
+    lock = root / "dvc.lock"
+    return cache, lock.read_text() if lock.exists() else ""
 
 
 def experiments(root: Path) -> dict[str, int]:
@@ -231,8 +236,10 @@ CASES = load_cases()
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A project folder with a model trained once on good.csv (dataset `good`)."""
-    root = write_project(tmp_path_factory.mktemp("bad-input"), train__epochs=3)
+    """A git + DVC project with a model trained once on good.csv (dataset `good`)."""
+    from tests.test_versioning import make_repo
+
+    root = make_repo(tmp_path_factory.mktemp("bad-input") / "project", train__epochs=3)
     result = aepipe("run", "--source", str(BAD / "good.csv"), "--device", "cpu", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert registry(root) == {"good-autoencoder": (["1"], {"champion": "1"})}
@@ -244,6 +251,7 @@ def test_bad_input(project: Project, case: dict) -> None:
     root = project.root
     args = [arg.replace("{file}", str(BAD / case["file"])) for arg in case["args"]]
     files, models, runs = data_files(root), registry(root), experiments(root)
+    versions = dvc_state(root)
 
     start = time.perf_counter()
     result = aepipe(case["command"], *args, cwd=root)
@@ -278,6 +286,8 @@ def test_bad_input(project: Project, case: dict) -> None:
             problems.append(f"data/ changed: {changed + sorted(added)}")
         if models_after != models:
             problems.append(f"the registry changed: {models} -> {models_after}")
+        if dvc_state(root) != versions:
+            problems.append("DVC's cache or dvc.lock changed")
         if case["command"] == "run":
             if seconds >= FAIL_FAST_S:
                 problems.append(f"failed after {seconds:.1f} s, not before any server started")
