@@ -29,6 +29,20 @@ def prefect_server() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    """One Prefect server for the ``aepipe`` processes a module starts: its API URL.
+
+    Each process would otherwise start a temporary server of its own, seconds apiece.
+    """
+    from flows.server import TemporaryServer
+
+    server = TemporaryServer()
+    server.wait_ready()
+    yield server.api_url
+    server.stop()
+
+
 @pytest.fixture
 def params() -> Params:
     """The project's own defaults."""

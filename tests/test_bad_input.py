@@ -37,16 +37,22 @@ class Project:
 
     root: Path
     trained: frozenset[str]  # the files under data/ that training `good` wrote
+    api_url: str  # the module's Prefect server
 
     def latents(self, dataset: str, batch: str, version: int = 1) -> Path:
         return self.root / f"data/latents/{dataset}/model={version}/batch={batch}/part-0.parquet"
 
 
-def aepipe(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run the console script as test_cli does: Prefect's temporary server, local MLflow."""
+def aepipe(*args: str, cwd: Path, api_url: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run the console script against the module's Prefect server and the local MLflow."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
     return subprocess.run(
-        [str(AEPIPE), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        [str(AEPIPE), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**env, "PREFECT_API_URL": api_url},
     )
 
 
@@ -235,15 +241,17 @@ CASES = load_cases()
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+def project(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Project:
     """A git + DVC project with a model trained once on good.csv (dataset `good`)."""
     from tests.test_versioning import make_repo
 
     root = make_repo(tmp_path_factory.mktemp("bad-input") / "project", train__epochs=3)
-    result = aepipe("run", "--source", str(BAD / "good.csv"), "--device", "cpu", cwd=root)
+    result = aepipe(
+        "run", "--source", str(BAD / "good.csv"), "--device", "cpu", cwd=root, api_url=prefect_api
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert registry(root) == {"good-autoencoder": (["1"], {"champion": "1"})}
-    return Project(root, frozenset(data_files(root)))
+    return Project(root, frozenset(data_files(root)), prefect_api)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
@@ -254,7 +262,7 @@ def test_bad_input(project: Project, case: dict) -> None:
     versions = dvc_state(root)
 
     start = time.perf_counter()
-    result = aepipe(case["command"], *args, cwd=root)
+    result = aepipe(case["command"], *args, cwd=root, api_url=project.api_url)
     seconds = time.perf_counter() - start
 
     problems = []  # every broken promise of the case, not only the first

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,6 @@ from mlflow.tracking import MlflowClient
 from aecore.export import read_latents
 from aecore.synthetic import make_data
 from flows import tracking
-from flows.server import TemporaryServer
 from tests.conftest import write_project
 from tests.test_cli import AEPIPE
 
@@ -23,12 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def api_url() -> Iterator[str]:
-    """One Prefect server that every process of the module reports to."""
-    server = TemporaryServer()
-    server.wait_ready()
-    yield server.api_url
-    server.stop()
+def api_url(prefect_api: str) -> str:
+    return prefect_api
 
 
 def start(*args: str, cwd: Path, api_url: str) -> subprocess.Popen:

@@ -141,7 +141,7 @@ def test_prefect_deployment_run_scores_a_batch(tmp_path, processes):
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "Completed" in run.stdout
-    partition = root / "data/latents/plant/batch=today/part-0.parquet"
+    partition = root / "data/latents/plant/model=1/batch=today/part-0.parquet"
     assert len(pd.read_parquet(partition)) == 500
 
 

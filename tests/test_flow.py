@@ -223,8 +223,8 @@ def test_bad_input_fails_the_run_and_writes_nothing(project, planted, source, op
     assert not (project / "data/latents").exists()
     client = MlflowClient(tracking.default_uri(project))
     assert client.search_registered_models() == []
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert [r.info.status for r in runs] == ["FAILED"]
+    # checked before the MLflow run opens: no run, no experiment named after the bad file
+    assert [e.name for e in client.search_experiments()] == ["Default"]
 
 
 def test_a_large_table_trains_on_a_logged_sample_within_its_budget(tmp_path):
