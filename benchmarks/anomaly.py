@@ -14,14 +14,19 @@ Fit seconds: aepipe's ingest + normalize + train stages (the evaluate stage, whi
 the score's column scales and latent moments in a fraction of a second and draws the
 plots, is left out); PyOD's ``fit``. Same process, same machine, one after another.
 
-Targets, against the best peer per dataset (measured here, or published in ADBench's
-Table D4 for PCA and IsolationForest where the file is one of ADBench's):
-- the default's mean AUROC is within 0.01 of the mean of the per-dataset best;
-- no dataset is more than 0.03 below its best peer;
-- the default fits faster than PyOD's AutoEncoder on every dataset.
+The sets fall into two fixed halves by the parity of their ADBench number (``6_cardio``:
+even). Defaults are chosen on one half; the other is reported untouched.
+
+Targets, against the best measured peer per dataset (IsolationForest, PCA, PyOD's
+AutoEncoder and VAE; ADBench's published PCA and IsolationForest stand beside them):
+- on each half, the default's mean AUROC is at least the mean of the per-dataset best;
+- no dataset is more than 0.05 below its best peer;
+- the default fits no slower than PyOD's AutoEncoder on every dataset.
 Prints a table, writes a CSV, exits 1 when a target is missed.
 
     .venv/bin/python benchmarks/anomaly.py ../shared/datasets/adbench [--csv out.csv]
+    .venv/bin/python benchmarks/anomaly.py DIR --quick     # six sets, for development
+    .venv/bin/python benchmarks/anomaly.py DIR --half even # the half that chooses
 
 PyOD's VAE is slow (minutes per fit on shuttle). On a 2-core machine, split the run in two
 one-thread processes, then merge; aepipe and PyOD's AutoEncoder stay in one process:
@@ -53,13 +58,38 @@ ALL_KINDS = ("dense", "denoising", "sparse", "vae")
 PEERS = ("pyod_ae", "pyod_vae", "pca", "iforest")
 # ADBench (NeurIPS 2022) Table D4, unsupervised, same protocol: AUROC of PCA and IForest.
 PUBLISHED = {
-    "6_cardio": {"adbench_pca": 0.9555, "adbench_iforest": 0.9319},
-    "38_thyroid": {"adbench_pca": 0.9634, "adbench_iforest": 0.9830},
-    "25_musk": {"adbench_pca": 1.0000, "adbench_iforest": 0.9999},
-    "30_satellite": {"adbench_pca": 0.5962, "adbench_iforest": 0.7043},
-    "23_mammography": {"adbench_pca": 0.8872, "adbench_iforest": 0.8639},
-    "32_shuttle": {"adbench_pca": 0.9862, "adbench_iforest": 0.9956},
+    name: {"adbench_pca": pca / 100, "adbench_iforest": iforest / 100}
+    for name, pca, iforest in (
+        ("5_campaign", 72.78, 71.71),
+        ("6_cardio", 95.55, 93.19),
+        ("7_Cardiotocography", 74.67, 67.57),
+        ("12_fault", 46.02, 57.02),
+        ("20_letter", 50.29, 61.07),
+        ("22_magic.gamma", 67.22, 73.25),
+        ("23_mammography", 88.72, 86.39),
+        ("25_musk", 100.00, 99.99),
+        ("26_optdigits", 51.65, 70.92),
+        ("27_PageBlocks", 90.64, 89.57),
+        ("29_Pima", 70.77, 72.87),
+        ("30_satellite", 59.62, 70.43),
+        ("32_shuttle", 98.62, 99.56),
+        ("35_SpamBase", 54.66, 64.76),
+        ("38_thyroid", 96.34, 98.30),
+        ("40_vowels", 65.29, 73.94),
+        ("41_Waveform", 65.48, 71.47),
+        ("44_Wilt", 20.39, 41.94),
+        ("47_yeast", 41.15, 37.76),
+    )
 }
+QUICK = ("6_cardio", "20_letter", "27_PageBlocks", "38_thyroid", "40_vowels", "47_yeast")
+
+
+def half(dataset: str) -> str:
+    """The fixed half a set belongs to: the parity of its ADBench number (``6_cardio``: even).
+
+    Defaults are chosen on one half and confirmed, untouched, on the other.
+    """
+    return "even" if int(dataset.split("_")[0]) % 2 == 0 else "odd"
 
 
 def other_kinds() -> list[str]:
@@ -142,9 +172,19 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y, np.where(np.isfinite(scores), scores, top)))
 
 
-def run(folder: Path, seeds: int, methods: list[str]) -> pd.DataFrame:
+def run(
+    folder: Path,
+    seeds: int,
+    methods: list[str],
+    names: tuple[str, ...] | None = None,
+    only_half: str | None = None,
+) -> pd.DataFrame:
+    """Every method on every set (or ``names``, or one half), seed by seed: one row each."""
     rows, kinds = [], other_kinds()
-    for path in sorted(folder.glob("*.npz")):
+    paths = sorted(folder.glob("*.npz"), key=lambda p: int(p.stem.split("_")[0]))
+    for path in paths:
+        if (names and path.stem not in names) or (only_half and half(path.stem) != only_half):
+            continue
         data = np.load(path)
         x, y = data["X"].astype(np.float64), data["y"].astype(int)
         for seed in range(seeds):
@@ -177,32 +217,51 @@ def run(folder: Path, seeds: int, methods: list[str]) -> pd.DataFrame:
 
 
 def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Per-dataset mean AUROC and fit seconds, the best peer, and the targets missed."""
+    """Per-dataset mean AUROC and fit seconds, the best peer, each half's means, the misses.
+
+    The best peer is the best measured one per dataset (IsolationForest, PCA, PyOD's
+    AutoEncoder and VAE, whichever ran); ADBench's published figures stand beside it.
+    """
     table = results.pivot_table(index="dataset", columns="method", values="auroc")
+    table = table.loc[sorted(table.index, key=lambda name: int(name.split("_")[0]))]
     seconds = results.pivot_table(index="dataset", columns="method", values="fit_s")
     published = pd.DataFrame(PUBLISHED).T.reindex(table.index)
-    peers = [c for c in PEERS if c in table] + list(published.columns)
+    peers = [c for c in PEERS if c in table]
     table = table.join(published)
     table["best_peer"] = table[peers].max(axis=1)
+    table["best_peer_is"] = table[peers].idxmax(axis=1)
+    table["half"] = [half(name) for name in table.index]
     missed = []
-    mean = table.mean()
-    if mean[OURS] < mean["best_peer"] - 0.01:
-        missed.append(f"mean AUROC {mean[OURS]:.3f} < best {mean['best_peer']:.3f} - 0.01")
+    for name, rows in table.groupby("half"):
+        ours, best = rows[OURS].mean(), rows["best_peer"].mean()
+        if ours < best:
+            missed.append(f"{name} half: mean AUROC {ours:.3f} < the best peers' {best:.3f}")
     for dataset, row in table.iterrows():
-        if row[OURS] < row["best_peer"] - 0.03:
-            missed.append(f"{dataset}: {row[OURS]:.3f} < best peer {row['best_peer']:.3f} - 0.03")
-        if "pyod_ae" in seconds and seconds.loc[dataset, OURS] >= seconds.loc[dataset, "pyod_ae"]:
-            missed.append(f"{dataset}: fit {seconds.loc[dataset, OURS]:.1f} s >= PyOD AE's")
-    table.loc["mean"] = mean
+        if row[OURS] < row["best_peer"] - 0.05:
+            missed.append(f"{dataset}: {row[OURS]:.3f} < best peer {row['best_peer']:.3f} - 0.05")
+        if "pyod_ae" in seconds and seconds.loc[dataset, OURS] > seconds.loc[dataset, "pyod_ae"]:
+            missed.append(f"{dataset}: fit {seconds.loc[dataset, OURS]:.1f} s > PyOD AE's")
+    numeric = table.drop(columns=["best_peer_is", "half"])
+    means = {f"mean {name}": rows.mean() for name, rows in numeric.groupby(table["half"])}
+    means["mean"] = numeric.mean()
     fit = seconds.add_suffix("_fit_s")
-    fit.loc["mean"] = fit.mean()
-    return table.join(fit), missed
+    summary = table.join(fit)
+    for label, values in means.items():
+        summary.loc[label] = values.reindex(summary.columns)
+        summary.loc[label, fit.columns] = fit.loc[
+            [d for d in fit.index if label == "mean" or half(d) == label.split()[-1]]
+        ].mean()
+    return summary, missed
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="a folder of *.npz files with X and y")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--quick", action="store_true", help=f"six sets only ({', '.join(QUICK)}), for development"
+    )
+    parser.add_argument("--half", choices=("even", "odd"), help="only the sets of this half")
     parser.add_argument("--csv", type=Path, default=Path("anomaly_benchmark.csv"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument(
@@ -229,7 +288,8 @@ def main() -> int:
         results = pd.concat([pd.read_csv(path) for path in args.merge], ignore_index=True)
         results.to_csv(args.csv, index=False)
         return report(results, args.csv)
-    results = run(args.folder, args.seeds, methods)
+    names = QUICK if args.quick else None
+    results = run(args.folder, args.seeds, methods, names, args.half)
     results.to_csv(args.csv, index=False)
     if OURS not in methods:
         return 0
