@@ -108,6 +108,7 @@ class TrainResult:
     batch_size: int = 0
     learning_rate: float = 0.0
     stopped: str = "epochs"  # epochs | early_stopping | max_steps | max_minutes
+    resumed_epochs: int = 0  # epochs taken from the checkpoint
 
 
 class BestWeights:
@@ -213,7 +214,7 @@ def train(
         )
         result.history, result.steps = state["history"], state["steps"]
         start -= state["seconds"]
-        first_epoch = len(result.history)
+        first_epoch = result.resumed_epochs = len(result.history)
         for row in result.history:  # the tracker gets the whole curve
             if on_epoch:
                 on_epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
@@ -347,9 +348,8 @@ def fit_autoencoder(
     model = build_model(model_config, d, schema["blocks"]).to(device)
     checkpoint = None
     if checkpoint_path is not None:
-        checkpoint = Checkpoint(checkpoint_path, fingerprint(processed, model_config, train_config))
-        checkpoint = dataclasses.replace(checkpoint, resume=resume)
-    resumed = checkpoint.load() if checkpoint and resume else None
+        fingerprinted = fingerprint(processed, model_config, train_config)
+        checkpoint = Checkpoint(checkpoint_path, fingerprinted, resume)
     result = train(
         model,
         torch.from_numpy(train_rows.x),
@@ -379,7 +379,7 @@ def fit_autoencoder(
         "batch_size": result.batch_size,
         "learning_rate": result.learning_rate,
         "device": result.device,
-        "resumed_epochs": len(resumed["history"]) if resumed else 0,
+        "resumed_epochs": result.resumed_epochs,
     }
     write_json({"summary": summary, "epochs": result.history}, history_path)
     return summary

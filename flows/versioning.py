@@ -75,11 +75,11 @@ def open_repo(root: Path):  # noqa: ANN201 - dvc.repo.Repo, imported lazily
         raise AepipeError(message) from error
 
 
-def cache_file(repo, path: Path) -> str:  # noqa: ANN001
-    """Put ``path`` into DVC's local cache (a copy) and return its md5."""
+def cache_file(repo, path: Path, md5: str | None = None) -> str:  # noqa: ANN001
+    """Put ``path`` into DVC's local cache (a copy) and return its md5 (``md5`` when known)."""
     from dvc_objects.fs import LocalFileSystem
 
-    md5 = file_digest(path)
+    md5 = md5 or file_digest(path)
     repo.cache.local.add(str(path), LocalFileSystem(), md5)
     return md5
 
@@ -187,6 +187,14 @@ def data_tags(
     return tags
 
 
+def exported_md5(layout: Layout, table: Path) -> str | None:
+    """The md5 that the export stage recorded for ``table``, so it is not read again."""
+    if not layout.export_record.exists():
+        return None
+    record = json.loads(layout.export_record.read_text())
+    return record["md5"] if layout.data / record["partition"] == table else None
+
+
 def describe(
     root: Path, layout: Layout, table: Path, digests: Mapping[Path, str] | None = None
 ) -> Record:
@@ -222,7 +230,8 @@ def record(root: Path, layout: Layout, table: Path, pipeline_matches: bool) -> R
         result.warnings.append(f"{error}; data are not versioned")
         return result
     with repo, contextlib.chdir(root):  # DVC resolves some paths against the cwd
-        digests = {path: cache_file(repo, path) for path in (*layout.stage_files(), table)}
+        digests = {path: cache_file(repo, path) for path in layout.stage_files()}
+        digests[table] = cache_file(repo, table, exported_md5(layout, table))
         digests[layout.raw] = cache_folder(repo, layout.raw, digests)
         if pipeline_matches:
             repo.commit(None, force=True)

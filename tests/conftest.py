@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,14 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+def cli_env(prefect_api: str | None = None, drop: str = "PREFECT_API") -> dict[str, str]:
+    """The environment of an ``aepipe`` subprocess: the local MLflow store, and Prefect's
+    temporary server unless ``prefect_api`` names one. ``drop``: the Prefect variables left out.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith((drop, "MLFLOW_"))}
+    return env | ({"PREFECT_API_URL": prefect_api} if prefect_api else {})
 
 
 @pytest.fixture(scope="module")

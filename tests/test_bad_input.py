@@ -9,7 +9,6 @@ fails in seconds, before any server starts, and leaves no trace in MLflow.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from tests.conftest import cli_env
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +46,13 @@ class Project:
 
 def aepipe(*args: str, cwd: Path, api_url: str, timeout: int = 240) -> subprocess.CompletedProcess:
     """Run the console script against the module's Prefect server and the local MLflow."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
     return subprocess.run(
         [str(AEPIPE), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**env, "PREFECT_API_URL": api_url},
+        env=cli_env(api_url),
     )
 
 

@@ -11,13 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import cli_env
+
 AEPIPE = Path(sys.executable).with_name("aepipe")
 
 
 def aepipe(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
     return subprocess.run(
-        [str(AEPIPE), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        [str(AEPIPE), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
     )
 
 
@@ -105,7 +111,6 @@ def test_bad_parameters_fail_before_any_work(project, args, message):
 
 
 def test_score_defaults_to_the_dataset_trained_last(tmp_path):
-    import os
 
     from aecore.layout import trained_last
 

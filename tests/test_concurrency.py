@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -14,23 +13,17 @@ from mlflow.tracking import MlflowClient
 from aecore.export import read_latents
 from aecore.synthetic import make_data
 from flows import tracking
-from tests.conftest import write_project
+from tests.conftest import cli_env, write_project
 from tests.test_cli import AEPIPE
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def api_url(prefect_api: str) -> str:
-    return prefect_api
-
-
-def start(*args: str, cwd: Path, api_url: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+def start(*args: str, cwd: Path, prefect_api: str) -> subprocess.Popen:
     return subprocess.Popen(
         [str(AEPIPE), *args],
         cwd=cwd,
-        env={**env, "PREFECT_API_URL": api_url},
+        env=cli_env(prefect_api),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -44,7 +37,7 @@ def wait_all(processes: list[subprocess.Popen]) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, api_url) -> tuple[Path, pd.DataFrame]:
+def project(tmp_path_factory, prefect_api) -> tuple[Path, pd.DataFrame]:
     root = write_project(
         tmp_path_factory.mktemp("concurrent"),
         train__epochs=3,
@@ -63,14 +56,14 @@ def project(tmp_path_factory, api_url) -> tuple[Path, pd.DataFrame]:
                 "--label-col",
                 "label",
                 cwd=root,
-                api_url=api_url,
+                prefect_api=prefect_api,
             )
         ]
     )
     return root, frame
 
 
-def test_four_scorings_at_once_all_complete(project, api_url):
+def test_four_scorings_at_once_all_complete(project, prefect_api):
     root, frame = project
     days = [f"day{i}" for i in range(4)]
     for i, day in enumerate(days):
@@ -84,7 +77,7 @@ def test_four_scorings_at_once_all_complete(project, api_url):
                 "--dataset",
                 "sensors",
                 cwd=root,
-                api_url=api_url,
+                prefect_api=prefect_api,
             )
             for day in days
         ]
@@ -98,14 +91,19 @@ def test_four_scorings_at_once_all_complete(project, api_url):
     assert {r.info.status for r in scored} == {"FINISHED"}
 
 
-def test_two_inbox_runs_at_once_score_every_file_once(project, api_url):
+def test_two_inbox_runs_at_once_score_every_file_once(project, prefect_api):
     root, frame = project
     inbox = root / "data/inbox/sensors"
     inbox.mkdir(parents=True)
     names = [f"2026-11-{day:02d}" for day in range(1, 7)]
     for i, name in enumerate(names):
         frame.iloc[3000 + 300 * i : 3300 + 300 * i].to_parquet(inbox / f"{name}.parquet")
-    wait_all([start("score", "--dataset", "sensors", cwd=root, api_url=api_url) for _ in range(2)])
+    wait_all(
+        [
+            start("score", "--dataset", "sensors", cwd=root, prefect_api=prefect_api)
+            for _ in range(2)
+        ]
+    )
     ledger = json.loads((root / "data/scored/sensors.json").read_text())
     assert sorted(entry["batch_id"] for entry in ledger.values()) == names
     client = MlflowClient(tracking.default_uri(root))

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from aecore.export import read_latents
 from aecore.synthetic import make_data
 from flows import tracking
+from tests.conftest import cli_env
 from tests.test_cli import AEPIPE
 from tests.test_versioning import make_repo, sh
 
@@ -30,11 +31,10 @@ pytestmark = pytest.mark.slow
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
     return subprocess.Popen(
         [str(AEPIPE), *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -7,7 +7,6 @@ the `aepipe` console script in a git + DVC project; then every store is searched
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import cli_env
 from tests.test_cli import AEPIPE
 from tests.test_versioning import make_repo
 
@@ -62,8 +62,7 @@ def server(tmp_path_factory) -> Iterator[str]:
 
 
 def aepipe(*args: str, cwd: Path, prefect_home: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env["PREFECT_HOME"] = str(prefect_home)  # Prefect's database lands here, to be searched
+    env = cli_env(drop="PREFECT_") | {"PREFECT_HOME": str(prefect_home)}  # its database here
     return subprocess.run(
         [str(AEPIPE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
