@@ -10,50 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from aecore.config import EvaluateConfig
 from aecore.io import write_json
-from aecore.models import EVAL_BATCH, load_model
+from aecore.models import EVAL_BATCH, encode_and_reconstruct, load_model, row_errors
 from aecore.normalize import Normalizer, load_samples
 from aecore.schema import read_schema
-from aecore.scorer import AnomalyScorer
+from aecore.scorer import AnomalyScorer, Reference
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 PLOT_ROWS = 20_000  # points in the latent map: more only hides each other
-
-
-@torch.no_grad()
-def encode_and_reconstruct(
-    model: nn.Module, x: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the latents ``(n, k)``, errors per source column ``(n, columns)`` and KL ``(n,)``.
-
-    A numeric column's error is its squared error, a one-hot column's its cross-entropy.
-    The KL divergence of each row's posterior from the prior is zero but for a VAE.
-
-    Runs in float32 on the model's device, in large slices, so every caller (the
-    export, the evaluation and the registered model) gets the same numbers.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    latents, errors, kls = [], [], []
-    for rows in torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(EVAL_BATCH):
-        rows = rows.to(device)
-        z, kl = model.encode_with_kl(rows)
-        latents.append(z.float().cpu().numpy())
-        errors.append(model.column_errors(model.decoder(z), rows).float().cpu().numpy())
-        kls.append(kl.float().cpu().numpy())
-    if not latents:
-        columns = model.column_errors.columns
-        empty = np.zeros((0, model.k), np.float32), np.zeros((0, columns), np.float32)
-        return *empty, np.zeros(0, np.float32)
-    return np.concatenate(latents), np.concatenate(errors), np.concatenate(kls)
-
-
-def row_errors(feature_errors: np.ndarray) -> np.ndarray:
-    """Mean error per row ``(n,)`` from the errors per source column ``(n, columns)``."""
-    return feature_errors.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
 def pca_baseline_mse(x_train: np.ndarray, x_val: np.ndarray, k: int) -> float:
@@ -161,7 +127,7 @@ def evaluate(
     """
     import json
 
-    from aecore import plots
+    from aecore.report import Report, write_report
 
     schema = read_schema(processed)
     features = schema["features"]
@@ -198,92 +164,55 @@ def evaluate(
         **{f"{name}_recon_error": value for name, value in plain.items()},
     }
     per_feature = dict(zip(features, feature_errors.mean(axis=0).tolist(), strict=True))
-    history = json.loads(Path(history_path).read_text())["epochs"]
-    figures = out_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    plots.loss_curves(history, figures / "loss_curves.png")
-    plots.error_histogram(scores, threshold, figures / "error_histogram.png")
     step = max(1, (len(train_latents) + len(latents)) // PLOT_ROWS)  # a uniform subsample
-    both = np.concatenate([train_latents[::step], latents[::step]])
     labels = None
     if train.labels is not None and val.labels is not None:
         labels = np.concatenate([train.labels[::step], val.labels[::step]])
-    both_scores = np.concatenate([train_scores[::step], scores[::step]])
-    plots.latent_projection(
-        both,
-        labels,
-        both_scores,
-        figures / "latent_projection.png",
-        train.total + val.total,
-        label_classes(labels),
-    )
+    originals = reconstructions = None
     if image_shape and math.prod(image_shape) == val.x.shape[1]:
         sample = val.x[:10]
         with torch.no_grad():
-            reconstructed = model(torch.from_numpy(sample)).numpy()
+            output = model(torch.from_numpy(sample)).numpy()
         normalizer = Normalizer.from_json(normalizer_path)
-        plots.reconstruction_grid(
-            normalizer.inverse_transform(sample),
-            normalizer.inverse_transform(reconstructed),
-            image_shape,
-            figures / "reconstructions.png",
-        )
-    write_json(
-        {name: round(v, 6) for name, v in per_feature.items()}, figures / "feature_errors.json"
+        originals = normalizer.inverse_transform(sample)
+        reconstructions = normalizer.inverse_transform(output)
+    report = Report(
+        metrics=metrics,
+        per_feature=per_feature,
+        history=json.loads(Path(history_path).read_text())["epochs"],
+        scores=scores,
+        threshold=threshold,
+        errors=val_errors,
+        latents=np.concatenate([train_latents[::step], latents[::step]]),
+        labels=labels,
+        latent_scores=np.concatenate([train_scores[::step], scores[::step]]),
+        rows=train.total + val.total,
+        classes=label_classes(labels),
+        originals=originals,
+        reconstructions=reconstructions,
+        image_shape=image_shape,
     )
-    (figures / "report.md").write_text(report_markdown(metrics, per_feature))
-    write_plot_data(history, val_errors, out_dir)
-    reference = scoring_reference(schema, threshold, val_errors, scorer)
-    write_json(reference, out_dir / "reference.json")
+    write_report(report, out_dir)
+    scoring_reference(schema, threshold, val_errors, scorer).write(out_dir / "reference.json")
     write_json(metrics, out_dir / "metrics.json")
     return metrics
 
 
 def scoring_reference(
     schema: dict, threshold: float, val_errors: np.ndarray, scorer: AnomalyScorer
-) -> dict:
+) -> Reference:
     """What scoring new rows needs besides the weights and the normalizer.
 
     The columns and their kinds, the anomaly score's parameters and threshold, and the
     held-out error quantiles and latent moments that a scored batch is compared with.
     """
-    return {
-        "threshold": threshold,
-        "features": schema["features"],
-        "types": schema["types"],
-        "kinds": schema["kinds"],
-        "id_col": schema["id_col"],
-        "label_col": schema["label_col"],
-        "error_quantiles": np.quantile(val_errors, np.linspace(0, 1, 201)).tolist(),
-        **scorer.to_dict(),
-    }
-
-
-def write_plot_data(history: list[dict[str, float]], errors: np.ndarray, out_dir: Path) -> None:
-    """Write the loss curves and the error histogram as CSV, for ``dvc plots``."""
-    import pandas as pd
-
-    losses = pd.DataFrame(history)[["epoch", "train_loss", "val_loss"]]
-    losses.to_csv(out_dir / "loss.csv", index=False)
-    positive = errors[errors > 0]
-    edges = np.geomspace(positive.min(), positive.max() * 1.0001, 41) if len(positive) else [0, 1]
-    counts, edges = np.histogram(np.clip(errors, edges[0], None), bins=edges)
-    centres = np.sqrt(edges[:-1] * edges[1:]) if len(positive) else edges[:-1]
-    histogram = pd.DataFrame({"recon_error": centres, "rows": counts})
-    histogram.to_csv(out_dir / "error_histogram.csv", index=False)
-
-
-def report_markdown(metrics: dict[str, float], per_feature: dict[str, float]) -> str:
-    """Render the evaluation summary as Markdown (the MLflow and Prefect artifact)."""
-    lines = ["# Evaluation", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {name} | {value:.6g} |" for name, value in metrics.items()]
-    worst = sorted(per_feature.items(), key=lambda item: -item[1])[:10]
-    lines += [
-        "",
-        "## Features with the highest held-out error",
-        "",
-        "| feature | MSE |",
-        "|---|---|",
-    ]
-    lines += [f"| {name} | {value:.4g} |" for name, value in worst]
-    return "\n".join(lines) + "\n"
+    return Reference(
+        features=list(schema["features"]),
+        types=dict(schema["types"]),
+        kinds=dict(schema["kinds"]),
+        id_col=schema["id_col"],
+        label_col=schema["label_col"],
+        threshold=float(threshold),
+        error_quantiles=np.quantile(val_errors, np.linspace(0, 1, 201)).tolist(),
+        scorer=scorer,
+    )

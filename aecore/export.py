@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,13 +17,19 @@ import torch
 
 from aecore.config import ExportConfig
 from aecore.errors import AepipeError
-from aecore.evaluate import encode_and_reconstruct, row_errors
-from aecore.io import atomic_path, dictionary_columns, file_digest, parquet_files, temporary_prefix
+from aecore.io import (
+    BATCH_ROWS,
+    atomic_path,
+    dictionary_columns,
+    file_digest,
+    parquet_files,
+    temporary_prefix,
+)
 from aecore.layout import CURRENT, UNREGISTERED, current_version
-from aecore.models import load_model
+from aecore.models import encode_and_reconstruct, load_model, row_errors
 from aecore.normalize import iter_features
 from aecore.schema import Mapper, read_schema
-from aecore.scorer import AnomalyScorer
+from aecore.scorer import Reference
 
 SCHEMA_VERSION = "1"
 META_PREFIX = "aepipe."
@@ -36,8 +41,7 @@ TOP_FEATURES = 3
 def latent_columns(
     latents: np.ndarray,
     feature_errors: np.ndarray,
-    reference: Mapping,
-    scorer: AnomalyScorer,
+    reference: Reference,
     quantize: bool = False,
     kl: np.ndarray | None = None,
 ) -> dict[str, pa.Array]:
@@ -48,21 +52,20 @@ def latent_columns(
     Args:
         latents: ``(n, k)``.
         feature_errors: reconstruction error per source column ``(n, columns)``.
-        reference: the scoring reference of the evaluate stage: feature names and the
-            threshold.
-        scorer: the anomaly score (``AnomalyScorer.from_dict(reference)``).
+        reference: the scoring reference of the evaluate stage: feature names, the
+            anomaly score and its threshold.
         quantize: latents as float16.
         kl: each row's KL divergence ``(n,)`` (zero but for a VAE).
     """
-    scaled = scorer.scaled_errors(feature_errors)
-    scores = scorer.score(latents, feature_errors, kl, scaled)
+    scaled = reference.scorer.scaled_errors(feature_errors)
+    scores = reference.scorer.score(latents, feature_errors, kl, scaled)
     z_type = np.float16 if quantize else np.float32
     columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}
     columns["recon_error"] = pa.array(row_errors(feature_errors))
     columns["anomaly_score"] = pa.array(scores)
     # a row whose score cannot be computed (an infinite input) is flagged, never passed
-    columns["is_anomaly"] = pa.array(~(scores <= float(reference["threshold"])))
-    columns["top_features"] = top_features(scaled, reference["features"])
+    columns["is_anomaly"] = pa.array(~(scores <= reference.threshold))
+    columns["top_features"] = top_features(scaled, reference.features)
     return columns
 
 
@@ -178,10 +181,10 @@ def export(
     """
     schema = read_schema(processed)
     model = load_model(model_path)
-    reference = json.loads(Path(reference_path).read_text())
+    reference = Reference.read(reference_path)
     info = {
         "latent_dim": str(model.k),
-        "threshold": repr(float(reference["threshold"])),
+        "threshold": repr(reference.threshold),
         "normalizer_sha256": file_digest(normalizer_path, "sha256"),
         "data_version": data_version,
         "id_col": schema["id_col"],
@@ -220,23 +223,22 @@ def export(
 def scored_tables(
     processed_file: Path,
     model: torch.nn.Module,
-    reference: Mapping,
+    reference: Reference,
     quantize: bool,
-    batch_rows: int = 65536,
+    batch_rows: int = BATCH_ROWS,
 ) -> Iterator[pa.Table]:
     """The latent-table rows of one processed file, a record batch at a time."""
     schema = read_schema(processed_file)
-    scorer = AnomalyScorer.from_dict(reference)
     passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
     for batch, x in iter_features(processed_file, passthrough, batch_rows):
         latents, feature_errors, kl = encode_and_reconstruct(model, x)
-        scored = latent_columns(latents, feature_errors, reference, scorer, quantize, kl)
+        scored = latent_columns(latents, feature_errors, reference, quantize, kl)
         columns = {name: batch.column(i) for i, name in enumerate(passthrough)}
         yield pa.table({**columns, **scored})
 
 
 def score_file(
-    processed_file: Path, out: Path, model_path: Path, reference: Mapping, quantize: bool
+    processed_file: Path, out: Path, model_path: Path, reference: Reference, quantize: bool
 ) -> Path:
     """Score one processed file into an Arrow IPC file ``out`` (a worker's share of export)."""
     model = load_model(model_path)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -94,7 +96,7 @@ class DenseAutoencoder(nn.Module):
     """
 
     kind = "dense"
-    OPTIONS: ClassVar[dict[str, float]] = {}  # ModelConfig fields this kind takes: defaults
+    OPTIONS: ClassVar[tuple[str, ...]] = ()  # the ModelConfig fields this kind takes
     OUTPUTS_PER_LATENT = 1  # encoder outputs per latent (a VAE's: mean and log-variance)
 
     def __init__(
@@ -110,11 +112,14 @@ class DenseAutoencoder(nn.Module):
         if unknown:
             message = f"model: {self.kind} takes no option {unknown[0]!r}"
             raise AepipeError(message)
+        missing = [name for name in self.OPTIONS if name not in options]
+        if missing:  # the values live in params.yaml alone
+            message = f"model: {self.kind} needs option {missing[0]!r} (model.{missing[0]})"
+            raise AepipeError(message)
         blocks = [tuple(block) for block in blocks] if blocks else [("num", 1)] * d
         if sum(width for _, width in blocks) != d:
             message = f"model: blocks cover {sum(w for _, w in blocks)} inputs, not {d}"
             raise AepipeError(message)
-        options = self.OPTIONS | options
         shape = {"d": d, "k": k, "hidden": list(hidden), "blocks": [list(b) for b in blocks]}
         self.spec = shape | options  # everything that rebuilds the model on load
         for name, value in options.items():
@@ -136,6 +141,10 @@ class DenseAutoencoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (n, d) -> (n, d)
         return self.decoder(self.encode(x))
 
+    def errors(self, x: Tensor, z: Tensor | None = None) -> Tensor:  # -> (n, columns)
+        """The reconstruction error of each row per source column, from ``z`` when given."""
+        return self.column_errors(self.decoder(self.encode(x) if z is None else z), x)
+
     def row_loss(self, x: Tensor) -> Tensor:
         """The training loss of each row ``(n,)``; the loop averages it, trimmed or not."""
         return self.column_errors(self(x), x).mean(dim=1)
@@ -148,7 +157,7 @@ class DenoisingAutoencoder(DenseAutoencoder):
     """Reconstructs clean rows from corrupted ones: Gaussian and masking noise, training only."""
 
     kind = "denoising"
-    OPTIONS: ClassVar[dict[str, float]] = {"noise_std": 0.1, "mask_rate": 0.1}
+    OPTIONS = ("noise_std", "mask_rate")
     noise_std: float
     mask_rate: float
 
@@ -167,7 +176,7 @@ class SparseAutoencoder(DenseAutoencoder):
     """An L1 penalty on the latent activations keeps few of them active per row."""
 
     kind = "sparse"
-    OPTIONS: ClassVar[dict[str, float]] = {"sparsity_weight": 1e-3}
+    OPTIONS = ("sparsity_weight",)
     sparsity_weight: float
 
     def row_loss(self, x: Tensor) -> Tensor:
@@ -188,7 +197,7 @@ class VariationalAutoencoder(DenseAutoencoder):
     """
 
     kind = "vae"
-    OPTIONS: ClassVar[dict[str, float]] = {"beta": 1.0, "kl_warmup_epochs": 10}
+    OPTIONS = ("beta", "kl_warmup_epochs")
     OUTPUTS_PER_LATENT = 2
     beta: float
     kl_warmup_epochs: int
@@ -226,6 +235,39 @@ MODEL_KINDS: dict[str, type[DenseAutoencoder]] = {
 }
 
 
+@torch.no_grad()
+def encode_and_reconstruct(
+    model: nn.Module, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the latents ``(n, k)``, errors per source column ``(n, columns)`` and KL ``(n,)``.
+
+    A numeric column's error is its squared error, a one-hot column's its cross-entropy.
+    The KL divergence of each row's posterior from the prior is zero but for a VAE.
+
+    Runs in float32 on the model's device, in large slices, so every caller (the
+    export, the evaluation and the registered model) gets the same numbers.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    latents, errors, kls = [], [], []
+    for rows in torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(EVAL_BATCH):
+        rows = rows.to(device)
+        z, kl = model.encode_with_kl(rows)
+        latents.append(z.float().cpu().numpy())
+        errors.append(model.errors(rows, z).float().cpu().numpy())
+        kls.append(kl.float().cpu().numpy())
+    if not latents:
+        columns = model.column_errors.columns
+        empty = np.zeros((0, model.k), np.float32), np.zeros((0, columns), np.float32)
+        return *empty, np.zeros(0, np.float32)
+    return np.concatenate(latents), np.concatenate(errors), np.concatenate(kls)
+
+
+def row_errors(feature_errors: np.ndarray) -> np.ndarray:
+    """Mean error per row ``(n,)`` from the errors per source column ``(n, columns)``."""
+    return feature_errors.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
 def build_model(
     config: ModelConfig, d: int, blocks: list[tuple[str, int]] | None = None
 ) -> DenseAutoencoder:
@@ -257,11 +299,15 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model saved by ``save_model``, with ``weights_only=True``, in eval mode."""
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
+        spec = dict(saved["spec"])
+        cls = MODEL_KINDS[spec.pop("kind")]
+        model = cls(**{**spec, "hidden": tuple(spec["hidden"])})  # spec from save_model
+        model.load_state_dict(saved["state_dict"])
     except FileNotFoundError as error:
         message = f"{path}: model file not found; run the train stage first"
         raise AepipeError(message) from error
-    spec = dict(saved["spec"])
-    cls = MODEL_KINDS[spec.pop("kind")]
-    model = cls(**{**spec, "hidden": tuple(spec["hidden"])})  # spec from save_model
-    model.load_state_dict(saved["state_dict"])
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
+        what = f"no {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
+        message = f"{path}: not a saved aepipe model ({what}); run the train stage again"
+        raise AepipeError(message) from None
     return model.to(device).eval()

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from aecore.config import NORMALIZE_METHODS, NormalizeConfig
 from aecore.errors import AepipeError
-from aecore.io import atomic_dir, dictionary_columns, parquet_files, write_json
+from aecore.io import BATCH_ROWS, atomic_dir, dictionary_columns, parquet_files, write_json
 from aecore.schema import META_SCHEMA, Mapper, column_kind, read_schema, serial_map
 
 SPLIT = "split"
@@ -59,11 +59,12 @@ class Normalizer:
     def __init__(
         self,
         columns: Sequence[str],
-        method: str = "zscore",
+        method: str,
         kinds: dict[str, str] | None = None,
-        max_onehot: int = 20,
-        hash_buckets: int = 16,
-        missing_indicator: bool = True,
+        *,
+        max_onehot: int,
+        hash_buckets: int,
+        missing_indicator: bool,
     ) -> None:
         if method not in NORMALIZE_METHODS:
             message = f"normalize.method: {method!r} is not one of {NORMALIZE_METHODS}"
@@ -223,13 +224,25 @@ class Normalizer:
 
     @classmethod
     def from_json(cls, path: Path) -> Normalizer:
-        """Read a normalizer written by ``to_json``."""
-        state = json.loads(Path(path).read_text())
-        options = ("kinds", "max_onehot", "hash_buckets", "missing_indicator")
-        normalizer = cls(state["columns"], state["method"], **{k: state[k] for k in options})
-        normalizer.codes = state["codes"]
-        for key in ("median_", "center_", "scale_"):
-            setattr(normalizer, key, np.asarray(state[key], dtype=np.float64))
+        """Read a normalizer written by ``to_json``.
+
+        Raises:
+            AepipeError: naming the file, when it is missing, not JSON, or lacks a field.
+        """
+        try:
+            state = json.loads(Path(path).read_text())
+            options = ("kinds", "max_onehot", "hash_buckets", "missing_indicator")
+            normalizer = cls(state["columns"], state["method"], **{k: state[k] for k in options})
+            normalizer.codes = state["codes"]
+            for key in ("median_", "center_", "scale_"):
+                setattr(normalizer, key, np.asarray(state[key], dtype=np.float64))
+        except FileNotFoundError:
+            message = f"{path}: normalizer not found; run the normalize stage first"
+            raise AepipeError(message) from None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            what = f"no {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
+            message = f"{path}: not a normalizer ({what}); run the normalize stage again"
+            raise AepipeError(message) from None
         return normalizer
 
 
@@ -583,9 +596,9 @@ def normalize(
         schema["features"],
         config.method,
         schema.get("kinds"),
-        config.max_onehot,
-        config.hash_buckets,
-        config.missing_indicator,
+        max_onehot=config.max_onehot,
+        hash_buckets=config.hash_buckets,
+        missing_indicator=config.missing_indicator,
     )
     limit = None if split.sample_limit == math.inf else split.sample_limit
     fitting = NormalizerFit(normalizer, config.sample_rows, schema.get("source", str(raw)), limit)
@@ -665,7 +678,7 @@ class Features:
 
 
 def iter_features(
-    processed: Path, columns: Sequence[str] = (), batch_rows: int = 65536
+    processed: Path, columns: Sequence[str] = (), batch_rows: int = BATCH_ROWS
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Yield ``(batch of the extra columns, float32 model inputs)`` over every processed row."""
     schema = read_schema(processed)

@@ -6,7 +6,6 @@ model needs aecore (shipped inside the model), torch and pandas, never Prefect.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,11 @@ import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
-from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns
 from aecore.io import file_digest
-from aecore.models import load_model
+from aecore.models import encode_and_reconstruct, load_model
 from aecore.normalize import Normalizer
-from aecore.scorer import AnomalyScorer
+from aecore.scorer import Reference
 
 ARTIFACTS = ("model", "normalizer", "scoring")
 
@@ -32,8 +30,7 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         self.model = load_model(Path(context.artifacts["model"]))
         self.normalizer = Normalizer.from_json(Path(context.artifacts["normalizer"]))
         self.normalizer_sha256 = file_digest(Path(context.artifacts["normalizer"]), "sha256")
-        self.reference = json.loads(Path(context.artifacts["scoring"]).read_text())
-        self.scorer = AnomalyScorer.from_dict(self.reference)
+        self.reference = Reference.read(Path(context.artifacts["scoring"]))
 
     def predict(
         self,
@@ -48,7 +45,7 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         """
         x = self.normalizer.transform(pd.DataFrame(model_input), source="model input")
         latents, feature_errors, kl = encode_and_reconstruct(self.model, x)
-        columns = latent_columns(latents, feature_errors, self.reference, self.scorer, kl=kl)
+        columns = latent_columns(latents, feature_errors, self.reference, kl=kl)
         return pd.DataFrame(
             {name: column.to_numpy(zero_copy_only=False) for name, column in columns.items()},
             index=model_input.index,

@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 from torch import nn
 
 from aecore.errors import AepipeError
-from aecore.evaluate import encode_and_reconstruct
 from aecore.export import latent_columns, latent_partition
 from aecore.io import (
     file_digest,
@@ -24,9 +23,10 @@ from aecore.io import (
     redact_url,
     temporary_prefix,
 )
+from aecore.models import encode_and_reconstruct
 from aecore.normalize import Normalizer
 from aecore.schema import ROW_ID, Mapper, column_kind, is_numeric
-from aecore.scorer import AnomalyScorer
+from aecore.scorer import Reference
 
 # log-spaced bins for the running error histogram: p99 and drift without keeping rows
 HISTOGRAM_EDGES = np.concatenate([[0.0], np.logspace(-12, 12, 2401), [np.inf]])
@@ -84,7 +84,7 @@ class ScoreSummary:
         index = int(np.searchsorted(cumulative, q * cumulative[-1]))
         return float(HISTOGRAM_EDGES[min(index + 1, len(HISTOGRAM_EDGES) - 2)])
 
-    def metrics(self, reference: Mapping) -> dict[str, float]:
+    def metrics(self, reference: Reference) -> dict[str, float]:
         """Rows, anomaly rate, mean and p99 error, and drift against the training baseline.
 
         ``drift_ks`` is the Kolmogorov-Smirnov distance between this batch's errors and
@@ -94,12 +94,12 @@ class ScoreSummary:
         if not self.rows:
             return {"rows": 0}
         scored = max(self.rows - self.unscored, 1)  # the error statistics: scored rows only
-        reference_q = np.asarray(reference["error_quantiles"])
+        reference_q = np.asarray(reference.error_quantiles)
         ours = np.cumsum(self.histogram) / scored
         theirs = np.interp(HISTOGRAM_EDGES[1:], reference_q, np.linspace(0, 1, len(reference_q)))
-        std = np.maximum(np.asarray(reference["latent_std"]), 1e-12)
+        std = np.maximum(reference.scorer.latent_std_, 1e-12)
         mean = (self.latent_sum if self.latent_sum is not None else 0.0) / scored
-        shift = np.abs(mean - np.asarray(reference["latent_mean"])) / std
+        shift = np.abs(mean - reference.scorer.latent_mean_) / std
         return {
             "rows": self.rows,
             "unscored_rows": self.unscored,
@@ -111,7 +111,7 @@ class ScoreSummary:
         }
 
 
-def check_schema(schema: pa.Schema, reference: Mapping, shown: str) -> list[str]:
+def check_schema(schema: pa.Schema, reference: Reference, shown: str) -> list[str]:
     """Compare a batch's columns with the training schema; return warnings for extras.
 
     Raises:
@@ -119,20 +119,20 @@ def check_schema(schema: pa.Schema, reference: Mapping, shown: str) -> list[str]
             longer numeric, or the id column is missing.
     """
     names = set(schema.names)
-    id_col = reference["id_col"]
-    for column in reference["features"]:
+    id_col = reference.id_col
+    for column in reference.features:
         if column not in names:
             message = f"{shown}: column {column!r} is missing; the model was trained with it"
             raise AepipeError(message)
-        found, trained = schema.field(column).type, reference["kinds"][column]
+        found, trained = schema.field(column).type, reference.kinds[column]
         if not readable_as(found, trained):
-            was = reference["types"].get(column, trained)
+            was = reference.types.get(column, trained)
             message = f"{shown}: column {column!r} is {found}, the model was trained on {was}"
             raise AepipeError(message)
     if id_col != ROW_ID and id_col not in names:
         message = f"{shown}: id column {id_col!r} is missing"
         raise AepipeError(message)
-    known = {*reference["features"], id_col, reference["label_col"]}
+    known = {*reference.features, id_col, reference.label_col}
     extra = sorted(names - known)
     if extra:
         listed = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
@@ -197,11 +197,12 @@ def score_batch(
     source: str,
     model: nn.Module,
     normalizer: Normalizer,
-    reference: Mapping,
+    reference: Reference,
     out: Path,
     metadata: Mapping[str, str],
-    batch_rows: int = 65536,
-    row_group_size: int = 131072,
+    *,
+    batch_rows: int,
+    row_group_size: int,
     map_parts: Mapper | None = None,
 ) -> ScoreSummary:
     """Encode and score every row of ``source`` into the partition file ``out``.
@@ -215,15 +216,14 @@ def score_batch(
         The batch's summary (metrics via ``summary.metrics(reference)``).
     """
     dataset, shown = open_batch(source)
-    scorer = AnomalyScorer.from_dict(reference)
     summary = ScoreSummary(warnings=check_schema(dataset.schema, reference, shown))
     info = {
         "data_version": source_version(source),
-        "id_col": reference["id_col"],
-        "label_col": reference["label_col"] or "",
+        "id_col": reference.id_col,
+        "label_col": reference.label_col or "",
         **metadata,
-        "threshold": repr(float(reference["threshold"])),
-        "latent_dim": len(scorer.latent_mean_),
+        "threshold": repr(reference.threshold),
+        "latent_dim": len(reference.scorer.latent_mean_),
     }
     model_parts = (model, normalizer, reference, batch_rows)
     with latent_partition(out, info, row_group_size) as writer:
@@ -234,7 +234,7 @@ def score_batch(
         else:
             fs, kind = dataset.filesystem, dataset.format.default_extname
             offsets = [0] * len(dataset.files)
-            if reference["id_col"] == ROW_ID:
+            if reference.id_col == ROW_ID:
                 counts = map_parts(file_rows, [(fs, path, kind) for path in dataset.files])
                 offsets = [int(x) for x in np.cumsum([0, *counts[:-1]])]
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +284,7 @@ def scored_tables(
     first_row: int,
     model: nn.Module,
     normalizer: Normalizer,
-    reference: Mapping,
+    reference: Reference,
     batch_rows: int,
     infinite: dict[str, int] | None = None,
 ) -> Iterator[tuple[pa.Table, np.ndarray]]:
@@ -294,8 +294,7 @@ def scored_tables(
     ``infinite`` receives, per column, the rows that could not be scored for an infinite
     value in it.
     """
-    scorer = AnomalyScorer.from_dict(reference)
-    features, id_col, label_col = reference["features"], reference["id_col"], reference["label_col"]
+    features, id_col, label_col = reference.features, reference.id_col, reference.label_col
     passthrough = [c for c in (id_col, label_col) if c and c in dataset.schema.names]
     infinite = {} if infinite is None else infinite
     row = first_row
@@ -308,7 +307,7 @@ def scored_tables(
         if id_col == ROW_ID:
             columns = {ROW_ID: pa.array(np.arange(row, row + batch.num_rows)), **columns}
         row += batch.num_rows
-        scored = latent_columns(latents, feature_errors, reference, scorer, kl=kl)
+        scored = latent_columns(latents, feature_errors, reference, kl=kl)
         yield pa.table({**columns, **scored}), latents
 
 
@@ -327,7 +326,7 @@ def score_file(
     out: Path,
     model: nn.Module,
     normalizer: Normalizer,
-    reference: Mapping,
+    reference: Reference,
     batch_rows: int,
 ) -> tuple[Path, ScoreSummary]:
     """Score one file of a batch into an Arrow IPC file (a worker's share of a batch)."""

@@ -1,12 +1,17 @@
-"""AnomalyScorer: how unlike the training rows a row is, from its errors and its latent code."""
+"""The anomaly score and what scoring needs: ``AnomalyScorer`` and ``Reference``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from aecore.errors import AepipeError
+from aecore.io import write_json
 
 
 @dataclass
@@ -129,7 +134,70 @@ class AnomalyScorer:
         }
         return cls(
             latent_weight=float(state["latent_weight"]),
-            kl_weight=float(state.get("kl_weight", 0.0)),
-            kl_scale_=float(state.get("kl_scale", 1.0)),
+            kl_weight=float(state["kl_weight"]),
+            kl_scale_=float(state["kl_scale"]),
             **arrays,
         )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What scoring a row needs besides the weights and the normalizer (reference.json).
+
+    The training columns and their kinds (a scored batch is checked against them), the
+    fitted anomaly score and its threshold, and the held-out error quantiles that a
+    scored batch's errors are compared with (drift).
+    """
+
+    features: list[str]
+    types: dict[str, str]
+    kinds: dict[str, str]
+    id_col: str
+    label_col: str | None
+    threshold: float
+    error_quantiles: list[float]
+    scorer: AnomalyScorer
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form: the fields, the scorer's keys beside them."""
+        fields = {name: value for name, value in vars(self).items() if name != "scorer"}
+        return {**fields, **self.scorer.to_dict()}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> Reference:
+        """Read the form ``to_dict`` writes.
+
+        Raises:
+            KeyError: a field is missing; ``read`` names the file.
+        """
+        return cls(
+            features=list(state["features"]),
+            types=dict(state["types"]),
+            kinds=dict(state["kinds"]),
+            id_col=str(state["id_col"]),
+            label_col=state["label_col"],
+            threshold=float(state["threshold"]),
+            error_quantiles=[float(q) for q in state["error_quantiles"]],
+            scorer=AnomalyScorer.from_dict(state),
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> Reference:
+        """Read ``reference.json``.
+
+        Raises:
+            AepipeError: naming the file, when it is missing, not JSON, or lacks a field.
+        """
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            message = f"{path}: scoring reference not found; run the evaluate stage first"
+            raise AepipeError(message) from None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            what = f"no {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
+            message = f"{path}: not a scoring reference ({what}); run the evaluate stage again"
+            raise AepipeError(message) from None
+
+    def write(self, path: Path) -> Path:
+        """Write ``reference.json`` atomically."""
+        return write_json(self.to_dict(), path)

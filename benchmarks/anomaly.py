@@ -113,6 +113,7 @@ def fit_aepipe(
     from aecore.normalize import Normalizer
     from aecore.pipeline import run_stage
     from aecore.score import score_batch
+    from aecore.scorer import Reference
 
     columns = [f"x{i}" for i in range(train.shape[1])]
     pd.DataFrame(train, columns=columns).to_parquet(root / "train.parquet")
@@ -125,7 +126,7 @@ def fit_aepipe(
         run_stage(stage, params, layout)
     seconds = time.perf_counter() - start
     run_stage("evaluate", params, layout)  # fits the score and threshold; draws the plots
-    reference = pd.read_json(layout.reference, typ="series").to_dict()
+    reference = Reference.read(layout.reference)
     out = layout.partition("test", "0")
     score_batch(
         str(root / "test.parquet"),
@@ -134,6 +135,8 @@ def fit_aepipe(
         reference,
         out,
         {},
+        batch_rows=params.score.batch_rows,
+        row_group_size=params.export.row_group_size,
     )
     scored = pd.read_parquet(out)
     return scored.sort_values("row_id")["anomaly_score"].to_numpy(), seconds

@@ -51,9 +51,8 @@ def kth_distance(reference: np.ndarray, rows: np.ndarray, leave_self_out: bool) 
 def terms(train: np.ndarray, test: np.ndarray) -> tuple[dict, dict, np.ndarray]:
     """The three terms on the training and the test rows, and the default's test scores."""
     from aecore.config import resolve_params
-    from aecore.evaluate import encode_and_reconstruct
     from aecore.layout import Layout
-    from aecore.models import load_model
+    from aecore.models import encode_and_reconstruct, load_model
     from aecore.normalize import Normalizer
     from aecore.scorer import AnomalyScorer
 

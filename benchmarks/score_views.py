@@ -58,8 +58,7 @@ def views(train: np.ndarray, test: np.ndarray, seed: int) -> dict[str, tuple]:
     from pyod.models.ecod import ECOD
 
     from aecore.config import load_params
-    from aecore.evaluate import encode_and_reconstruct
-    from aecore.models import build_model
+    from aecore.models import build_model, encode_and_reconstruct
     from aecore.scorer import AnomalyScorer
     from aecore.train import train as train_loop
 

@@ -375,9 +375,6 @@ def load_scoring_model(model_uri: str) -> tuple[Any, dict[str, str]]:
         message = f"{model_uri}: cannot load the model ({str(error).splitlines()[0]}); train first"
         raise AepipeError(message) from error
     python_model = loaded.unwrap_python_model()
-    if not hasattr(python_model, "reference"):
-        message = f"{model_uri}: logged without a scoring reference (an older aepipe); retrain it"
-        raise AepipeError(message)
     return python_model, {
         "model_uri": f"models:/{version.name}/{version.version}",
         "run_id": loaded.metadata.run_id or "",

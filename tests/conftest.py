@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from aecore.config import Params, load_params
+from aecore.normalize import Normalizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +57,21 @@ def prefect_api() -> Iterator[str]:
 def params() -> Params:
     """The project's own defaults."""
     return load_params(REPO / "params.yaml")
+
+
+def make_normalizer(
+    columns: Sequence[str], method: str = "zscore", kinds: dict[str, str] | None = None
+) -> Normalizer:
+    """An unfitted Normalizer with params.yaml's encoding settings."""
+    config = load_params(REPO / "params.yaml").normalize
+    return Normalizer(
+        columns,
+        method,
+        kinds,
+        max_onehot=config.max_onehot,
+        hash_buckets=config.hash_buckets,
+        missing_indicator=config.missing_indicator,
+    )
 
 
 @pytest.fixture

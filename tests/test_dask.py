@@ -51,8 +51,8 @@ def test_dask_run_writes_what_the_sequential_run_writes(tmp_path, cluster):
     source = many_files(tmp_path / "source")
     roots = {}
     for name, orchestration in (
-        ("local", OrchestrationConfig("local", None)),
-        ("dask", OrchestrationConfig("dask", cluster.scheduler_address)),
+        ("local", OrchestrationConfig(task_runner="local", dask_address=None)),
+        ("dask", OrchestrationConfig(task_runner="dask", dask_address=cluster.scheduler_address)),
     ):
         (tmp_path / name).mkdir()
         roots[name] = write_project(tmp_path / name, train__epochs=3)
@@ -83,7 +83,7 @@ def check_scoring(roots, source, cluster):
         for path in sorted(source.glob("*.csv"))[:2]:
             (root / "data/inbox/source" / path.name).write_bytes(path.read_bytes())
         orchestration = OrchestrationConfig(
-            name, cluster.scheduler_address if name == "dask" else None
+            task_runner=name, dask_address=cluster.scheduler_address if name == "dask" else None
         )
         flow = with_task_runner(score_batches, orchestration)
         overrides = {
@@ -112,7 +112,10 @@ def check_scoring(roots, source, cluster):
         "orchestration.task_runner": "dask",
         "orchestration.dask_address": cluster.scheduler_address,
     }
-    flow = with_task_runner(score_batches, OrchestrationConfig("dask", cluster.scheduler_address))
+    flow = with_task_runner(
+        score_batches,
+        OrchestrationConfig(task_runner="dask", dask_address=cluster.scheduler_address),
+    )
     state = flow(overrides=overrides, root=str(root), dataset="source", return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="bad.csv: column 'f3' is missing"):

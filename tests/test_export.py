@@ -12,10 +12,11 @@ import pytest
 
 from aecore import io
 from aecore.config import DataConfig, ExportConfig, NormalizeConfig
-from aecore.evaluate import encode_and_reconstruct, row_errors, scoring_reference
+from aecore.errors import AepipeError
+from aecore.evaluate import scoring_reference
 from aecore.export import export, read_metadata
 from aecore.layout import Layout
-from aecore.models import load_model
+from aecore.models import encode_and_reconstruct, load_model, row_errors
 from aecore.normalize import Normalizer, load_features, normalize
 from aecore.schema import ingest, read_schema
 from aecore.scorer import AnomalyScorer
@@ -28,12 +29,30 @@ def trained(tmp_path, frame, params):
     layout = Layout(tmp_path, "t")
     source = tmp_path / "t.parquet"
     frame.to_parquet(source)
-    ingest(DataConfig("t", str(source), "id", "label", None, None), layout.raw)
+    ingest(
+        DataConfig(
+            dataset="t",
+            source=str(source),
+            id_col="id",
+            label_col="label",
+            features=None,
+            image_shape=None,
+        ),
+        layout.raw,
+    )
     normalize(
         layout.raw,
         layout.processed,
         layout.normalizer,
-        NormalizeConfig("zscore", 0.2, 0, 20, 16, True, 262144),
+        NormalizeConfig(
+            method="zscore",
+            val_fraction=0.2,
+            seed=0,
+            max_onehot=20,
+            hash_buckets=16,
+            missing_indicator=True,
+            sample_rows=262144,
+        ),
     )
     model = dataclasses.replace(params.model, latent_dim=3)
     fit_autoencoder(
@@ -48,7 +67,7 @@ def trained(tmp_path, frame, params):
     latents, errors, _ = encode_and_reconstruct(load_model(layout.model), x)
     scorer = AnomalyScorer(latent_weight=0.5).fit(latents[~is_val], errors[~is_val])
     reference = scoring_reference(schema, 0.5, row_errors(errors[is_val]), scorer)
-    io.write_json(reference, layout.reference)
+    reference.write(layout.reference)
     return layout
 
 
@@ -59,7 +78,7 @@ def run_export(layout, quantize=False, metadata=None):
         layout.normalizer,
         layout.reference,
         layout.partition("train", "1"),
-        ExportConfig(128, quantize),
+        ExportConfig(row_group_size=128, quantize=quantize),
         metadata,
         "md5:abc",
     )
@@ -145,11 +164,15 @@ def test_quantized_latents_are_float16(trained):
 def test_failed_export_leaves_the_old_partition(trained):
     path = run_export(trained)
     before = path.read_bytes()
-    trained.reference.write_text(json.dumps({"no": "threshold"}))
-    with pytest.raises(KeyError):
-        run_export(trained)
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]
+    for broken, reason in (
+        (json.dumps({"no": "threshold"}), r"\(no 'features'\)"),
+        ("{not json", r"\(Expecting property name"),
+    ):
+        trained.reference.write_text(broken)
+        with pytest.raises(AepipeError, match=f"reference.json: not a scoring reference {reason}"):
+            run_export(trained)
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]
 
 
 def test_top_features_name_the_corrupted_column(trained, frame, tmp_path):

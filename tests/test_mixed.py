@@ -18,6 +18,7 @@ from aecore.normalize import OTHER, Normalizer, load_features, normalize
 from aecore.schema import ingest, read_schema
 from flows.score import score_batches
 from flows.train import train_autoencoder
+from tests.conftest import make_normalizer
 
 SEGMENTS = ["retail", "online", "wholesale", "b2b"]
 COLUMNS = ["amount", "qty", "segment", "country", "member", "signup"]
@@ -48,7 +49,17 @@ def orders(n: int, seed: int = 0) -> pd.DataFrame:
 def test_columns_get_their_kinds_and_encoders_round_trip(tmp_path):
     source = tmp_path / "orders.csv"
     orders(400).to_csv(source, index=False)
-    raw = ingest(DataConfig("orders", str(source), None, None, None, None), tmp_path / "r")
+    raw = ingest(
+        DataConfig(
+            dataset="orders",
+            source=str(source),
+            id_col=None,
+            label_col=None,
+            features=None,
+            image_shape=None,
+        ),
+        tmp_path / "r",
+    )
     schema = read_schema(raw)
     assert schema["features"] == COLUMNS
     assert schema["kinds"] == {
@@ -59,7 +70,15 @@ def test_columns_get_their_kinds_and_encoders_round_trip(tmp_path):
         "member": "boolean",
         "signup": "datetime",
     }
-    config = NormalizeConfig("zscore", 0.2, 0, 20, 16, True, 262144)
+    config = NormalizeConfig(
+        method="zscore",
+        val_fraction=0.2,
+        seed=0,
+        max_onehot=20,
+        hash_buckets=16,
+        missing_indicator=True,
+        sample_rows=262144,
+    )
     processed = tmp_path / "p"
     normalize(raw, processed, tmp_path / "n.json", config)
     normalizer = Normalizer.from_json(tmp_path / "n.json")
@@ -99,14 +118,14 @@ def test_columns_get_their_kinds_and_encoders_round_trip(tmp_path):
 
 def test_wrong_types_name_the_file_and_the_column():
     frame = orders(100)
-    normalizer = Normalizer(COLUMNS, kinds=dict.fromkeys(COLUMNS[2:5], "categorical")).fit(
+    normalizer = make_normalizer(COLUMNS, kinds=dict.fromkeys(COLUMNS[2:5], "categorical")).fit(
         frame.assign(signup=frame["signup"].astype("int64"))
     )
     with pytest.raises(
         AepipeError, match=r"day2.csv: column 'amount' is (large_)?string, the model"
     ):
         normalizer.transform(frame.assign(amount="lots"), source="day2.csv")
-    dated = Normalizer(["signup"], kinds={"signup": "datetime"}).fit(frame)
+    dated = make_normalizer(["signup"], kinds={"signup": "datetime"}).fit(frame)
     assert np.isfinite(dated.transform(frame.assign(signup=frame["signup"].astype(str)))).all()
     with pytest.raises(
         AepipeError, match=r"day2.csv: column 'signup' is (large_)?string, the model"
@@ -163,7 +182,7 @@ def test_mixed_csv_through_the_flows_and_the_registered_model(project):
 
 def test_mixed_kinds_accept_arrow_tables():
     frame = orders(50)
-    normalizer = Normalizer(
+    normalizer = make_normalizer(
         COLUMNS,
         kinds={
             "segment": "categorical",

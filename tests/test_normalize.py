@@ -18,6 +18,7 @@ from aecore.normalize import (
     normalize,
     split_keys,
 )
+from tests.conftest import make_normalizer
 
 COLUMNS = ["a", "b", "c", "d", "constant"]
 
@@ -27,14 +28,14 @@ COLUMNS = ["a", "b", "c", "d", "constant"]
     [("zscore", StandardScaler()), ("minmax", MinMaxScaler()), ("robust", RobustScaler())],
 )
 def test_matches_scikit_learn(frame, method, scaler):
-    ours = Normalizer(COLUMNS, method).fit(frame).transform(frame)
+    ours = make_normalizer(COLUMNS, method).fit(frame).transform(frame)
     theirs = scaler.fit_transform(frame[COLUMNS])
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     assert ours.dtype == np.float32
 
 
 def test_constant_column_maps_to_zero(frame):
-    normalizer = Normalizer(COLUMNS).fit(frame)
+    normalizer = make_normalizer(COLUMNS).fit(frame)
     assert normalizer.scale_[COLUMNS.index("constant")] == 1.0
     assert np.all(normalizer.transform(frame)[:, -1] == 0)
 
@@ -42,7 +43,7 @@ def test_constant_column_maps_to_zero(frame):
 def test_missing_values_take_the_train_median(frame):
     holes = frame.copy()
     holes.loc[::3, "a"] = np.nan
-    normalizer = Normalizer(COLUMNS).fit(holes)
+    normalizer = make_normalizer(COLUMNS).fit(holes)
     assert normalizer.median_[0] == pytest.approx(np.nanmedian(holes["a"]))
     x = normalizer.transform(holes)
     assert np.isfinite(x).all()
@@ -51,7 +52,7 @@ def test_missing_values_take_the_train_median(frame):
 
 
 def test_json_round_trip_is_exact(frame, tmp_path):
-    normalizer = Normalizer(COLUMNS, "robust").fit(frame.iloc[:150])
+    normalizer = make_normalizer(COLUMNS, "robust").fit(frame.iloc[:150])
     again = Normalizer.from_json(normalizer.to_json(tmp_path / "n.json"))
     np.testing.assert_array_equal(again.transform(frame), normalizer.transform(frame))
     assert json.loads((tmp_path / "n.json").read_text())["method"] == "robust"
@@ -61,7 +62,7 @@ def test_json_round_trip_is_exact(frame, tmp_path):
 
 
 def test_missing_column_is_named(frame):
-    normalizer = Normalizer(COLUMNS).fit(frame)
+    normalizer = make_normalizer(COLUMNS).fit(frame)
     with pytest.raises(AepipeError, match=r"new.csv: column 'c' not found"):
         normalizer.transform(frame.drop(columns="c"), source="new.csv")
 
@@ -99,8 +100,8 @@ def test_fit_in_batches_equals_the_fit_in_one_piece(frame, method):
     holes["kind"] = np.where(np.arange(200) % 3 == 0, "x", "y")
     columns = [*COLUMNS, "kind"]
     kinds = {"kind": "categorical"}
-    whole = Normalizer(columns, method, kinds).fit(holes)
-    streamed = Normalizer(columns, method, kinds)
+    whole = make_normalizer(columns, method, kinds).fit(holes)
+    streamed = make_normalizer(columns, method, kinds)
     fitting = NormalizerFit(streamed, sample_rows=1000)
     table = pa.Table.from_pandas(holes, preserve_index=False)
     for start in range(0, 200, 23):
@@ -115,8 +116,8 @@ def test_fit_in_batches_equals_the_fit_in_one_piece(frame, method):
 def test_medians_from_a_sample_are_close():
     generator = np.random.default_rng(1)
     frame = pd.DataFrame({"a": generator.lognormal(size=50_000)})
-    exact = Normalizer(["a"], "robust").fit(frame)
-    sampled = Normalizer(["a"], "robust")
+    exact = make_normalizer(["a"], "robust").fit(frame)
+    sampled = make_normalizer(["a"], "robust")
     fitting = NormalizerFit(sampled, sample_rows=5000)
     fitting.add(pa.Table.from_pandas(frame), generator.random(50_000))
     fitting.finish()
@@ -128,12 +129,30 @@ def test_medians_from_a_sample_are_close():
 def test_normalize_stage_fits_on_train_split_only(frame, tmp_path):
     source = tmp_path / "t.parquet"
     frame.to_parquet(source)
-    config = DataConfig("t", str(source), "id", "label", None, None)
+    config = DataConfig(
+        dataset="t",
+        source=str(source),
+        id_col="id",
+        label_col="label",
+        features=None,
+        image_shape=None,
+    )
     raw = schema.ingest(config, tmp_path / "raw", rows_per_file=64)  # four raw files
     assert len(list(raw.glob("part-*.parquet"))) == 4
     out = tmp_path / "p"
     summary = normalize(
-        raw, out, tmp_path / "n.json", NormalizeConfig("zscore", 0.25, 3, 20, 16, True, 262144)
+        raw,
+        out,
+        tmp_path / "n.json",
+        NormalizeConfig(
+            method="zscore",
+            val_fraction=0.25,
+            seed=3,
+            max_onehot=20,
+            hash_buckets=16,
+            missing_indicator=True,
+            sample_rows=262144,
+        ),
     )
     table = pq.read_table(out).to_pandas()
     is_val = (table["split"] == "val").to_numpy()
@@ -154,13 +173,29 @@ def test_normalize_stage_fits_on_train_split_only(frame, tmp_path):
 
 def test_split_is_stable_when_rows_are_added(frame, tmp_path):
     """Rows keep their side of the split when the table grows: it depends on the id only."""
-    config = NormalizeConfig("zscore", 0.25, 3, 20, 16, True, 262144)
+    config = NormalizeConfig(
+        method="zscore",
+        val_fraction=0.25,
+        seed=3,
+        max_onehot=20,
+        hash_buckets=16,
+        missing_indicator=True,
+        sample_rows=262144,
+    )
     sides = []
     for rows in (120, 200):
         source = tmp_path / f"t{rows}.parquet"
         frame.iloc[:rows].to_parquet(source)
         raw = schema.ingest(
-            DataConfig("t", str(source), "id", "label", None, None), tmp_path / f"raw{rows}"
+            DataConfig(
+                dataset="t",
+                source=str(source),
+                id_col="id",
+                label_col="label",
+                features=None,
+                image_shape=None,
+            ),
+            tmp_path / f"raw{rows}",
         )
         normalize(raw, tmp_path / f"p{rows}", tmp_path / f"n{rows}.json", config)
         sides.append(pq.read_table(tmp_path / f"p{rows}").column("split").to_pylist())
@@ -170,9 +205,32 @@ def test_split_is_stable_when_rows_are_added(frame, tmp_path):
 def test_sampled_features_are_uniform_and_fixed(frame, tmp_path):
     source = tmp_path / "t.parquet"
     frame.to_parquet(source)
-    raw = schema.ingest(DataConfig("t", str(source), "id", "label", None, None), tmp_path / "r")
+    raw = schema.ingest(
+        DataConfig(
+            dataset="t",
+            source=str(source),
+            id_col="id",
+            label_col="label",
+            features=None,
+            image_shape=None,
+        ),
+        tmp_path / "r",
+    )
     out = tmp_path / "p"
-    normalize(raw, out, tmp_path / "n.json", NormalizeConfig("zscore", 0.2, 0, 20, 16, True, 9))
+    normalize(
+        raw,
+        out,
+        tmp_path / "n.json",
+        NormalizeConfig(
+            method="zscore",
+            val_fraction=0.2,
+            seed=0,
+            max_onehot=20,
+            hash_buckets=16,
+            missing_indicator=True,
+            sample_rows=9,
+        ),
+    )
     everything = load_features(out, "train")
     sample = load_features(out, "train", max_rows=50)
     assert (everything.total, len(everything.x)) == (sample.total, sample.total)
@@ -192,18 +250,50 @@ def test_a_file_of_held_out_rows_only_and_tiny_samples(tmp_path):
     frame[keys >= 0.2].to_csv(tmp_path / "src/a.csv", index=False)
     held.iloc[:1].to_csv(tmp_path / "src/b.csv", index=False)  # one row, held out
     raw = schema.ingest(
-        DataConfig("t", str(tmp_path / "src"), "id", None, None, None), tmp_path / "r"
+        DataConfig(
+            dataset="t",
+            source=str(tmp_path / "src"),
+            id_col="id",
+            label_col=None,
+            features=None,
+            image_shape=None,
+        ),
+        tmp_path / "r",
     )
-    config = NormalizeConfig("robust", 0.2, 0, 20, 16, True, 1)
+    config = NormalizeConfig(
+        method="robust",
+        val_fraction=0.2,
+        seed=0,
+        max_onehot=20,
+        hash_buckets=16,
+        missing_indicator=True,
+        sample_rows=1,
+    )
     summary = normalize(raw, tmp_path / "p", tmp_path / "n.json", config)
     assert summary["val_rows"] == 1 and summary["normalize_sampled"]
     tiny = pd.DataFrame({"id": np.arange(5), "a": np.arange(5.0)})
     tiny.to_csv(tmp_path / "tiny.csv", index=False)
     raw = schema.ingest(
-        DataConfig("t", str(tmp_path / "tiny.csv"), "id", None, None, None), tmp_path / "t"
+        DataConfig(
+            dataset="t",
+            source=str(tmp_path / "tiny.csv"),
+            id_col="id",
+            label_col=None,
+            features=None,
+            image_shape=None,
+        ),
+        tmp_path / "t",
     )
     for seed in range(4):
-        config = NormalizeConfig("zscore", 1e-6, seed, 20, 16, True, 1)
+        config = NormalizeConfig(
+            method="zscore",
+            val_fraction=1e-6,
+            seed=seed,
+            max_onehot=20,
+            hash_buckets=16,
+            missing_indicator=True,
+            sample_rows=1,
+        )
         summary = normalize(raw, tmp_path / f"q{seed}", tmp_path / "m.json", config)
         assert (summary["train_rows"], summary["val_rows"]) == (4, 1)
 
@@ -213,7 +303,14 @@ def test_training_refuses_infinite_values_by_column(frame, tmp_path):
     frame.assign(b=np.where(np.arange(200) % 50 == 0, np.inf, frame["b"])).to_csv(
         source, index=False
     )
-    config = DataConfig("t", str(source), "id", "label", None, None)
+    config = DataConfig(
+        dataset="t",
+        source=str(source),
+        id_col="id",
+        label_col="label",
+        features=None,
+        image_shape=None,
+    )
     with pytest.raises(AepipeError, match=r"t.csv: column 'b' holds 4 infinite values .* first"):
         schema.ingest(config, tmp_path / "r")  # seen in the first rows: refused at once
     generator = np.random.default_rng(0)
@@ -221,9 +318,25 @@ def test_training_refuses_infinite_values_by_column(frame, tmp_path):
     late.loc[[149_000, 149_500], "b"] = [np.inf, -np.inf]  # beyond the rows ingest looks at
     late.to_parquet(tmp_path / "late.parquet")
     raw = schema.ingest(
-        DataConfig("late", str(tmp_path / "late.parquet"), None, None, None, None), tmp_path / "r"
+        DataConfig(
+            dataset="late",
+            source=str(tmp_path / "late.parquet"),
+            id_col=None,
+            label_col=None,
+            features=None,
+            image_shape=None,
+        ),
+        tmp_path / "r",
     )
-    config = NormalizeConfig("zscore", 0.2, 0, 20, 16, True, 262144)
+    config = NormalizeConfig(
+        method="zscore",
+        val_fraction=0.2,
+        seed=0,
+        max_onehot=20,
+        hash_buckets=16,
+        missing_indicator=True,
+        sample_rows=262144,
+    )
     with pytest.raises(AepipeError, match=r"late.parquet: column 'b' holds \d infinite values"):
         normalize(raw, tmp_path / "p", tmp_path / "n.json", config)
     assert not (tmp_path / "p").exists() and not (tmp_path / "n.json").exists()

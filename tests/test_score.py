@@ -1,7 +1,6 @@
 """Scoring new batches with aecore alone: partitions, schema checks, drift, synthetic data."""
 
 import dataclasses
-import json
 
 import numpy as np
 import pandas as pd
@@ -16,6 +15,7 @@ from aecore.models import load_model
 from aecore.normalize import Normalizer
 from aecore.pipeline import STAGES, run_stage
 from aecore.score import score_batch
+from aecore.scorer import Reference
 from aecore.synthetic import make_data
 
 
@@ -33,7 +33,14 @@ def train_all_stages(root):
                 "export.row_group_size": 1000,
             }
         ),
-        data=DataConfig("syn", str(root / "train.parquet"), "key", "label", None, None),
+        data=DataConfig(
+            dataset="syn",
+            source=str(root / "train.parquet"),
+            id_col="key",
+            label_col="label",
+            features=None,
+            image_shape=None,
+        ),
     )
     layout = Layout(root, "syn")
     for stage in STAGES:
@@ -57,7 +64,7 @@ def run(layout, source, batch_id, batch_rows=700, row_group_size=2048):
         str(source),
         load_model(layout.model),
         Normalizer.from_json(layout.normalizer),
-        json.loads(layout.reference.read_text()),
+        Reference.read(layout.reference),
         layout.partition(batch_id, "0"),
         {"model_uri": "models:/syn-autoencoder/1", "batch_id": batch_id},
         batch_rows=batch_rows,
@@ -127,7 +134,7 @@ def test_extra_columns_are_ignored_with_a_warning(trained, tmp_path):
 
 def test_drift_metrics_see_a_shift(trained, tmp_path):
     layout, frame = trained
-    reference = json.loads(layout.reference.read_text())
+    reference = Reference.read(layout.reference)
     frame.iloc[2000:].to_parquet(tmp_path / "same.parquet")
     shifted = frame.iloc[2000:].copy()
     features = [f"f{i}" for i in range(8)]
@@ -175,7 +182,7 @@ def test_rows_with_infinite_values_are_flagged_and_named(trained):
     assert scored.drop(bad.index)["anomaly_score"].notna().all()
     [warning] = summary.warnings
     assert "3 rows could not be scored (infinite values in 'f2' (2), 'f5' (1))" in warning
-    metrics = summary.metrics(json.loads(layout.reference.read_text()))
+    metrics = summary.metrics(Reference.read(layout.reference))
     assert metrics["unscored_rows"] == 3 and np.isfinite(metrics["recon_error_mean"])
 
 

@@ -178,7 +178,7 @@ def test_cpu_and_gpu_agree_on_the_same_weights(params):
     torch.manual_seed(0)
     model = DenseAutoencoder(10, 3, (32,))
     train(model, x[:300], x[300:], quick(params, epochs=5))
-    from aecore.evaluate import encode_and_reconstruct
+    from aecore.models import encode_and_reconstruct
 
     cpu = encode_and_reconstruct(model, x.numpy())
     gpu = encode_and_reconstruct(model.cuda(), x.numpy())
@@ -217,7 +217,17 @@ def test_large_tables_train_on_a_logged_sample(params, tmp_path):
     from aecore.train import fit_autoencoder
 
     make_data(tmp_path / "src", 3000, 8)
-    raw = ingest(DataConfig("t", str(tmp_path / "src"), None, "label", None, None), tmp_path / "r")
+    raw = ingest(
+        DataConfig(
+            dataset="t",
+            source=str(tmp_path / "src"),
+            id_col=None,
+            label_col="label",
+            features=None,
+            image_shape=None,
+        ),
+        tmp_path / "r",
+    )
     normalize(raw, tmp_path / "p", tmp_path / "n.json", params.normalize)
     config = quick(params, epochs=2, max_rows=1000, max_val_rows=100)
     fit = fit_autoencoder(

@@ -1,7 +1,9 @@
-"""PNG plots of a training run: loss curves, error histogram, latent map, reconstructions."""
+"""The evaluate stage's report: PNG plots, report.md and the CSVs for ``dvc plots``."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +13,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 
-from aecore.io import atomic_path
+from aecore.io import atomic_path, write_json
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -107,3 +109,84 @@ def reconstruction_grid(
     axes[0, 0].set_title("original", fontsize="small", loc="left")
     axes[1, 0].set_title("reconstructed", fontsize="small", loc="left")
     return _save(figure, path)
+
+
+def write_plot_data(history: list[dict[str, float]], errors: np.ndarray, out_dir: Path) -> None:
+    """Write the loss curves and the error histogram as CSV, for ``dvc plots``."""
+    import pandas as pd
+
+    losses = pd.DataFrame(history)[["epoch", "train_loss", "val_loss"]]
+    losses.to_csv(out_dir / "loss.csv", index=False)
+    positive = errors[errors > 0]
+    edges = np.geomspace(positive.min(), positive.max() * 1.0001, 41) if len(positive) else [0, 1]
+    counts, edges = np.histogram(np.clip(errors, edges[0], None), bins=edges)
+    centres = np.sqrt(edges[:-1] * edges[1:]) if len(positive) else edges[:-1]
+    histogram = pd.DataFrame({"recon_error": centres, "rows": counts})
+    histogram.to_csv(out_dir / "error_histogram.csv", index=False)
+
+
+def report_markdown(metrics: dict[str, float], per_feature: dict[str, float]) -> str:
+    """Render the evaluation summary as Markdown (the MLflow and Prefect artifact)."""
+    lines = ["# Evaluation", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.6g} |" for name, value in metrics.items()]
+    worst = sorted(per_feature.items(), key=lambda item: -item[1])[:10]
+    lines += [
+        "",
+        "## Features with the highest held-out error",
+        "",
+        "| feature | MSE |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value:.4g} |" for name, value in worst]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the evaluate stage shows: its metrics, the curves, and the rows it measured.
+
+    ``latents``, ``labels`` and ``latent_scores`` are a uniform subsample of the training
+    and held-out rows for the latent map, drawn from ``rows`` in all; ``originals`` and
+    ``reconstructions`` are a few held-out rows in source units, drawn as images of
+    ``image_shape`` when it is given.
+    """
+
+    metrics: dict[str, float]
+    per_feature: dict[str, float]
+    history: list[dict[str, float]]
+    scores: np.ndarray
+    threshold: float
+    errors: np.ndarray
+    latents: np.ndarray
+    labels: np.ndarray | None
+    latent_scores: np.ndarray
+    rows: int
+    classes: bool
+    originals: np.ndarray | None = None
+    reconstructions: np.ndarray | None = None
+    image_shape: tuple[int, int] | None = None
+
+
+def write_report(report: Report, out_dir: Path) -> None:
+    """Write ``figures/`` (plots, report.md, feature_errors.json) and the plot CSVs."""
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    loss_curves(report.history, figures / "loss_curves.png")
+    error_histogram(report.scores, report.threshold, figures / "error_histogram.png")
+    latent_projection(
+        report.latents,
+        report.labels,
+        report.latent_scores,
+        figures / "latent_projection.png",
+        report.rows,
+        report.classes,
+    )
+    shape, originals = report.image_shape, report.originals
+    if shape and originals is not None and math.prod(shape) == originals.shape[1]:
+        reconstruction_grid(
+            originals, report.reconstructions, shape, figures / "reconstructions.png"
+        )
+    rounded = {name: round(value, 6) for name, value in report.per_feature.items()}
+    write_json(rounded, figures / "feature_errors.json")
+    (figures / "report.md").write_text(report_markdown(report.metrics, report.per_feature))
+    write_plot_data(report.history, report.errors, out_dir)
