@@ -528,6 +528,24 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return paths
 
 
+@contextmanager
+def reading_state(path: Path, what: str, stage: str, *errors: type[Exception]) -> Iterator[None]:
+    """Turn a missing or malformed state file into one ``AepipeError`` that names it.
+
+    ``what`` names the file's content ("normalizer"), ``stage`` the stage that writes it;
+    ``errors`` are more exception types that mean "not such a file".
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        message = f"{path}: {what} not found; run the {stage} stage first"
+        raise AepipeError(message) from None
+    except (ValueError, KeyError, TypeError, AttributeError, *errors) as error:
+        reason = f"no {error}" if isinstance(error, KeyError) else first_line(error)
+        message = f"{path}: not a {what} ({reason}); run the {stage} stage again"
+        raise AepipeError(message) from None
+
+
 def write_json(data: Mapping, path: Path) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as temporary:

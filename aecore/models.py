@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from aecore.config import ModelConfig
 from aecore.errors import AepipeError
-from aecore.io import atomic_path
+from aecore.io import atomic_path, reading_state
 
 EVAL_BATCH = 16384  # rows per forward pass when only measuring
 
@@ -297,17 +297,12 @@ def save_model(model: nn.Module, path: Path) -> Path:
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model saved by ``save_model``, with ``weights_only=True``, in eval mode."""
-    try:
+    with reading_state(
+        path, "saved model", "train", RuntimeError, pickle.UnpicklingError, EOFError
+    ):
         saved = torch.load(path, map_location=device, weights_only=True)
         spec = dict(saved["spec"])
         cls = MODEL_KINDS[spec.pop("kind")]
         model = cls(**{**spec, "hidden": tuple(spec["hidden"])})  # spec from save_model
         model.load_state_dict(saved["state_dict"])
-    except FileNotFoundError as error:
-        message = f"{path}: model file not found; run the train stage first"
-        raise AepipeError(message) from error
-    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
-        what = f"no {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
-        message = f"{path}: not a saved aepipe model ({what}); run the train stage again"
-        raise AepipeError(message) from None
     return model.to(device).eval()

@@ -28,7 +28,14 @@ import pyarrow.parquet as pq
 
 from aecore.config import NORMALIZE_METHODS, NormalizeConfig
 from aecore.errors import AepipeError
-from aecore.io import BATCH_ROWS, atomic_dir, dictionary_columns, parquet_files, write_json
+from aecore.io import (
+    BATCH_ROWS,
+    atomic_dir,
+    dictionary_columns,
+    parquet_files,
+    reading_state,
+    write_json,
+)
 from aecore.schema import META_SCHEMA, Mapper, column_kind, read_schema, serial_map
 
 SPLIT = "split"
@@ -229,20 +236,13 @@ class Normalizer:
         Raises:
             AepipeError: naming the file, when it is missing, not JSON, or lacks a field.
         """
-        try:
+        with reading_state(path, "normalizer", "normalize"):
             state = json.loads(Path(path).read_text())
             options = ("kinds", "max_onehot", "hash_buckets", "missing_indicator")
             normalizer = cls(state["columns"], state["method"], **{k: state[k] for k in options})
             normalizer.codes = state["codes"]
             for key in ("median_", "center_", "scale_"):
                 setattr(normalizer, key, np.asarray(state[key], dtype=np.float64))
-        except FileNotFoundError:
-            message = f"{path}: normalizer not found; run the normalize stage first"
-            raise AepipeError(message) from None
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            what = f"no {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
-            message = f"{path}: not a normalizer ({what}); run the normalize stage again"
-            raise AepipeError(message) from None
         return normalizer
 
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from aecore.errors import AepipeError
-from aecore.io import write_json
+from aecore.io import reading_state, write_json
 
 
 @dataclass
@@ -188,15 +187,9 @@ class Reference:
         Raises:
             AepipeError: naming the file, when it is missing, not JSON, or lacks a field.
         """
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            message = f"{path}: scoring reference not found; run the evaluate stage first"
-            raise AepipeError(message) from None
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            what = f"no {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
-            message = f"{path}: not a scoring reference ({what}); run the evaluate stage again"
-            raise AepipeError(message) from None
+        with reading_state(path, "scoring reference", "evaluate"):
+            reference = cls.from_dict(json.loads(Path(path).read_text()))
+        return reference
 
     def write(self, path: Path) -> Path:
         """Write ``reference.json`` atomically."""

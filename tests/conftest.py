@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from aecore.config import Params, load_params
+from aecore.config import DataConfig, NormalizeConfig, Params, load_params
 from aecore.normalize import Normalizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +58,17 @@ def prefect_api() -> Iterator[str]:
 def params() -> Params:
     """The project's own defaults."""
     return load_params(REPO / "params.yaml")
+
+
+def data_config(source: object, **changes: object) -> DataConfig:
+    """A data section for ``source``: dataset ``t``, no id, label or feature list."""
+    values = {"id_col": None, "label_col": None, "features": None, "image_shape": None}
+    return DataConfig(**{"dataset": "t", "source": str(source), **values, **changes})
+
+
+def normalize_config(**changes: object) -> NormalizeConfig:
+    """params.yaml's normalize section with ``changes``."""
+    return dataclasses.replace(load_params(REPO / "params.yaml").normalize, **changes)
 
 
 def make_normalizer(

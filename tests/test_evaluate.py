@@ -14,6 +14,7 @@ from aecore.evaluate import (
 from aecore.models import DenseAutoencoder, VariationalAutoencoder, kl_divergence, load_model
 from aecore.scorer import AnomalyScorer
 from aecore.train import train
+from tests.conftest import data_config
 
 
 def fit_scorer(latents, errors, latent_weight, trim=0.0, kl=None, kl_weight=0.0):
@@ -186,7 +187,6 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
 
     from sklearn.decomposition import PCA
 
-    from aecore.config import DataConfig
     from aecore.layout import Layout
     from aecore.normalize import load_features, normalize
     from aecore.pipeline import run_stage
@@ -194,14 +194,7 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
     from aecore.train import fit_autoencoder
 
     layout = Layout(tmp_path, "planted")
-    config = DataConfig(
-        dataset="planted",
-        source=str(planted),
-        id_col=None,
-        label_col="is_anomaly_label",
-        features=None,
-        image_shape=None,
-    )
+    config = data_config(str(planted), dataset="planted", label_col="is_anomaly_label")
     ingest(config, layout.raw, rows_per_file=128)
     normalize(layout.raw, layout.processed, layout.normalizer, params.normalize)
     fit_autoencoder(

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aecore import io
-from aecore.config import DataConfig, ExportConfig, NormalizeConfig
+from aecore.config import ExportConfig
 from aecore.errors import AepipeError
 from aecore.evaluate import scoring_reference
 from aecore.export import export, read_metadata
@@ -21,6 +21,7 @@ from aecore.normalize import Normalizer, load_features, normalize
 from aecore.schema import ingest, read_schema
 from aecore.scorer import AnomalyScorer
 from aecore.train import fit_autoencoder
+from tests.conftest import data_config, normalize_config
 
 
 @pytest.fixture
@@ -30,29 +31,14 @@ def trained(tmp_path, frame, params):
     source = tmp_path / "t.parquet"
     frame.to_parquet(source)
     ingest(
-        DataConfig(
-            dataset="t",
-            source=str(source),
-            id_col="id",
-            label_col="label",
-            features=None,
-            image_shape=None,
-        ),
+        data_config(str(source), dataset="t", id_col="id", label_col="label"),
         layout.raw,
     )
     normalize(
         layout.raw,
         layout.processed,
         layout.normalizer,
-        NormalizeConfig(
-            method="zscore",
-            val_fraction=0.2,
-            seed=0,
-            max_onehot=20,
-            hash_buckets=16,
-            missing_indicator=True,
-            sample_rows=262144,
-        ),
+        normalize_config(method="zscore"),
     )
     model = dataclasses.replace(params.model, latent_dim=3)
     fit_autoencoder(

@@ -6,21 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from aecore import io
-from aecore.config import DataConfig
 from aecore.errors import AepipeError
 from aecore.schema import ingest, read_schema
-
-
-def data_config(source, **changes) -> DataConfig:
-    values = dict(
-        dataset="t",
-        source=str(source),
-        id_col=None,
-        label_col=None,
-        features=None,
-        image_shape=None,
-    )
-    return DataConfig(**{**values, **changes})
+from tests.conftest import data_config
 
 
 def test_ingest_csv_adds_row_id_and_records_roles(tmp_path, frame):

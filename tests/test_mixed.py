@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aecore.config import DataConfig, NormalizeConfig
 from aecore.errors import AepipeError
 from aecore.export import read_latents
 from aecore.models import ColumnErrors
@@ -18,7 +17,7 @@ from aecore.normalize import OTHER, Normalizer, load_features, normalize
 from aecore.schema import ingest, read_schema
 from flows.score import score_batches
 from flows.train import train_autoencoder
-from tests.conftest import make_normalizer
+from tests.conftest import data_config, make_normalizer, normalize_config
 
 SEGMENTS = ["retail", "online", "wholesale", "b2b"]
 COLUMNS = ["amount", "qty", "segment", "country", "member", "signup"]
@@ -50,14 +49,7 @@ def test_columns_get_their_kinds_and_encoders_round_trip(tmp_path):
     source = tmp_path / "orders.csv"
     orders(400).to_csv(source, index=False)
     raw = ingest(
-        DataConfig(
-            dataset="orders",
-            source=str(source),
-            id_col=None,
-            label_col=None,
-            features=None,
-            image_shape=None,
-        ),
+        data_config(str(source), dataset="orders"),
         tmp_path / "r",
     )
     schema = read_schema(raw)
@@ -70,15 +62,7 @@ def test_columns_get_their_kinds_and_encoders_round_trip(tmp_path):
         "member": "boolean",
         "signup": "datetime",
     }
-    config = NormalizeConfig(
-        method="zscore",
-        val_fraction=0.2,
-        seed=0,
-        max_onehot=20,
-        hash_buckets=16,
-        missing_indicator=True,
-        sample_rows=262144,
-    )
+    config = normalize_config(method="zscore")
     processed = tmp_path / "p"
     normalize(raw, processed, tmp_path / "n.json", config)
     normalizer = Normalizer.from_json(tmp_path / "n.json")

@@ -8,7 +8,6 @@ import pytest
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 from aecore import schema
-from aecore.config import DataConfig, NormalizeConfig
 from aecore.errors import AepipeError
 from aecore.normalize import (
     BottomK,
@@ -18,7 +17,7 @@ from aecore.normalize import (
     normalize,
     split_keys,
 )
-from tests.conftest import make_normalizer
+from tests.conftest import data_config, make_normalizer, normalize_config
 
 COLUMNS = ["a", "b", "c", "d", "constant"]
 
@@ -129,14 +128,7 @@ def test_medians_from_a_sample_are_close():
 def test_normalize_stage_fits_on_train_split_only(frame, tmp_path):
     source = tmp_path / "t.parquet"
     frame.to_parquet(source)
-    config = DataConfig(
-        dataset="t",
-        source=str(source),
-        id_col="id",
-        label_col="label",
-        features=None,
-        image_shape=None,
-    )
+    config = data_config(str(source), dataset="t", id_col="id", label_col="label")
     raw = schema.ingest(config, tmp_path / "raw", rows_per_file=64)  # four raw files
     assert len(list(raw.glob("part-*.parquet"))) == 4
     out = tmp_path / "p"
@@ -144,15 +136,7 @@ def test_normalize_stage_fits_on_train_split_only(frame, tmp_path):
         raw,
         out,
         tmp_path / "n.json",
-        NormalizeConfig(
-            method="zscore",
-            val_fraction=0.25,
-            seed=3,
-            max_onehot=20,
-            hash_buckets=16,
-            missing_indicator=True,
-            sample_rows=262144,
-        ),
+        normalize_config(method="zscore", val_fraction=0.25, seed=3),
     )
     table = pq.read_table(out).to_pandas()
     is_val = (table["split"] == "val").to_numpy()
@@ -173,28 +157,13 @@ def test_normalize_stage_fits_on_train_split_only(frame, tmp_path):
 
 def test_split_is_stable_when_rows_are_added(frame, tmp_path):
     """Rows keep their side of the split when the table grows: it depends on the id only."""
-    config = NormalizeConfig(
-        method="zscore",
-        val_fraction=0.25,
-        seed=3,
-        max_onehot=20,
-        hash_buckets=16,
-        missing_indicator=True,
-        sample_rows=262144,
-    )
+    config = normalize_config(method="zscore", val_fraction=0.25, seed=3)
     sides = []
     for rows in (120, 200):
         source = tmp_path / f"t{rows}.parquet"
         frame.iloc[:rows].to_parquet(source)
         raw = schema.ingest(
-            DataConfig(
-                dataset="t",
-                source=str(source),
-                id_col="id",
-                label_col="label",
-                features=None,
-                image_shape=None,
-            ),
+            data_config(str(source), dataset="t", id_col="id", label_col="label"),
             tmp_path / f"raw{rows}",
         )
         normalize(raw, tmp_path / f"p{rows}", tmp_path / f"n{rows}.json", config)
@@ -206,14 +175,7 @@ def test_sampled_features_are_uniform_and_fixed(frame, tmp_path):
     source = tmp_path / "t.parquet"
     frame.to_parquet(source)
     raw = schema.ingest(
-        DataConfig(
-            dataset="t",
-            source=str(source),
-            id_col="id",
-            label_col="label",
-            features=None,
-            image_shape=None,
-        ),
+        data_config(str(source), dataset="t", id_col="id", label_col="label"),
         tmp_path / "r",
     )
     out = tmp_path / "p"
@@ -221,15 +183,7 @@ def test_sampled_features_are_uniform_and_fixed(frame, tmp_path):
         raw,
         out,
         tmp_path / "n.json",
-        NormalizeConfig(
-            method="zscore",
-            val_fraction=0.2,
-            seed=0,
-            max_onehot=20,
-            hash_buckets=16,
-            missing_indicator=True,
-            sample_rows=9,
-        ),
+        normalize_config(method="zscore", sample_rows=9),
     )
     everything = load_features(out, "train")
     sample = load_features(out, "train", max_rows=50)
@@ -250,50 +204,20 @@ def test_a_file_of_held_out_rows_only_and_tiny_samples(tmp_path):
     frame[keys >= 0.2].to_csv(tmp_path / "src/a.csv", index=False)
     held.iloc[:1].to_csv(tmp_path / "src/b.csv", index=False)  # one row, held out
     raw = schema.ingest(
-        DataConfig(
-            dataset="t",
-            source=str(tmp_path / "src"),
-            id_col="id",
-            label_col=None,
-            features=None,
-            image_shape=None,
-        ),
+        data_config(str(tmp_path / "src"), dataset="t", id_col="id"),
         tmp_path / "r",
     )
-    config = NormalizeConfig(
-        method="robust",
-        val_fraction=0.2,
-        seed=0,
-        max_onehot=20,
-        hash_buckets=16,
-        missing_indicator=True,
-        sample_rows=1,
-    )
+    config = normalize_config(method="robust", sample_rows=1)
     summary = normalize(raw, tmp_path / "p", tmp_path / "n.json", config)
     assert summary["val_rows"] == 1 and summary["normalize_sampled"]
     tiny = pd.DataFrame({"id": np.arange(5), "a": np.arange(5.0)})
     tiny.to_csv(tmp_path / "tiny.csv", index=False)
     raw = schema.ingest(
-        DataConfig(
-            dataset="t",
-            source=str(tmp_path / "tiny.csv"),
-            id_col="id",
-            label_col=None,
-            features=None,
-            image_shape=None,
-        ),
+        data_config(str(tmp_path / "tiny.csv"), dataset="t", id_col="id"),
         tmp_path / "t",
     )
     for seed in range(4):
-        config = NormalizeConfig(
-            method="zscore",
-            val_fraction=1e-6,
-            seed=seed,
-            max_onehot=20,
-            hash_buckets=16,
-            missing_indicator=True,
-            sample_rows=1,
-        )
+        config = normalize_config(method="zscore", val_fraction=1e-6, seed=seed, sample_rows=1)
         summary = normalize(raw, tmp_path / f"q{seed}", tmp_path / "m.json", config)
         assert (summary["train_rows"], summary["val_rows"]) == (4, 1)
 
@@ -303,14 +227,7 @@ def test_training_refuses_infinite_values_by_column(frame, tmp_path):
     frame.assign(b=np.where(np.arange(200) % 50 == 0, np.inf, frame["b"])).to_csv(
         source, index=False
     )
-    config = DataConfig(
-        dataset="t",
-        source=str(source),
-        id_col="id",
-        label_col="label",
-        features=None,
-        image_shape=None,
-    )
+    config = data_config(str(source), dataset="t", id_col="id", label_col="label")
     with pytest.raises(AepipeError, match=r"t.csv: column 'b' holds 4 infinite values .* first"):
         schema.ingest(config, tmp_path / "r")  # seen in the first rows: refused at once
     generator = np.random.default_rng(0)
@@ -318,25 +235,10 @@ def test_training_refuses_infinite_values_by_column(frame, tmp_path):
     late.loc[[149_000, 149_500], "b"] = [np.inf, -np.inf]  # beyond the rows ingest looks at
     late.to_parquet(tmp_path / "late.parquet")
     raw = schema.ingest(
-        DataConfig(
-            dataset="late",
-            source=str(tmp_path / "late.parquet"),
-            id_col=None,
-            label_col=None,
-            features=None,
-            image_shape=None,
-        ),
+        data_config(str(tmp_path / "late.parquet"), dataset="late"),
         tmp_path / "r",
     )
-    config = NormalizeConfig(
-        method="zscore",
-        val_fraction=0.2,
-        seed=0,
-        max_onehot=20,
-        hash_buckets=16,
-        missing_indicator=True,
-        sample_rows=262144,
-    )
+    config = normalize_config(method="zscore")
     with pytest.raises(AepipeError, match=r"late.parquet: column 'b' holds \d infinite values"):
         normalize(raw, tmp_path / "p", tmp_path / "n.json", config)
     assert not (tmp_path / "p").exists() and not (tmp_path / "n.json").exists()

@@ -7,7 +7,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from aecore.config import DataConfig
 from aecore.errors import AepipeError
 from aecore.export import read_latents, read_metadata
 from aecore.layout import Layout
@@ -17,6 +16,7 @@ from aecore.pipeline import STAGES, run_stage
 from aecore.score import score_batch
 from aecore.scorer import Reference
 from aecore.synthetic import make_data
+from tests.conftest import data_config
 
 
 def train_all_stages(root):
@@ -33,13 +33,8 @@ def train_all_stages(root):
                 "export.row_group_size": 1000,
             }
         ),
-        data=DataConfig(
-            dataset="syn",
-            source=str(root / "train.parquet"),
-            id_col="key",
-            label_col="label",
-            features=None,
-            image_shape=None,
+        data=data_config(
+            str(root / "train.parquet"), dataset="syn", id_col="key", label_col="label"
         ),
     )
     layout = Layout(root, "syn")

@@ -7,6 +7,7 @@ import torch
 from aecore.errors import AepipeError
 from aecore.models import DenseAutoencoder, build_model, default_hidden, load_model, save_model
 from aecore.train import batch_plan, measure_loss, select_device, train, trimmed_mean
+from tests.conftest import data_config
 
 
 def low_rank(n=400, d=10, seed=0):
@@ -141,8 +142,11 @@ def test_save_and_load_use_weights_only(tmp_path):
         "hidden": [8],
         "blocks": [["num", 1]] * 6,
     }
-    with pytest.raises(AepipeError, match="missing.pt: model file not found"):
+    with pytest.raises(AepipeError, match="missing.pt: saved model not found"):
         load_model(tmp_path / "missing.pt")
+    (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 half a file")
+    with pytest.raises(AepipeError, match=r"torn.pt: not a saved model \(.+\); run the train"):
+        load_model(tmp_path / "torn.pt")
 
 
 def test_device_selection():
@@ -210,7 +214,6 @@ def test_budgets_end_training_and_say_so(params):
 
 
 def test_large_tables_train_on_a_logged_sample(params, tmp_path):
-    from aecore.config import DataConfig
     from aecore.normalize import normalize
     from aecore.schema import ingest
     from aecore.synthetic import make_data
@@ -218,14 +221,7 @@ def test_large_tables_train_on_a_logged_sample(params, tmp_path):
 
     make_data(tmp_path / "src", 3000, 8)
     raw = ingest(
-        DataConfig(
-            dataset="t",
-            source=str(tmp_path / "src"),
-            id_col=None,
-            label_col="label",
-            features=None,
-            image_shape=None,
-        ),
+        data_config(str(tmp_path / "src"), dataset="t", label_col="label"),
         tmp_path / "r",
     )
     normalize(raw, tmp_path / "p", tmp_path / "n.json", params.normalize)
