@@ -573,13 +573,24 @@ class NormalizerFit:
         return center, q75 - q25
 
 
+@dataclass(frozen=True)
+class NormalizeSummary:
+    """What the normalize stage did: rows per side, model inputs, fitted on a sample."""
+
+    rows: int
+    train_rows: int
+    val_rows: int
+    inputs: int
+    sampled: bool
+
+
 def normalize(
     raw: Path,
     out: Path,
     normalizer_path: Path,
     config: NormalizeConfig,
     map_parts: Mapper = serial_map,
-) -> dict[str, Any]:
+) -> NormalizeSummary:
     """Split the raw rows, fit the normalizer on the train split and encode every row.
 
     Two streaming passes over ``raw``: the fit, then the encoding. Writes the folder
@@ -587,8 +598,7 @@ def normalize(
     inputs, whose names and blocks go into the schema metadata) and the normalizer JSON.
 
     Returns:
-        A summary: rows, train and validation rows, model inputs, whether the medians
-        came from a sample.
+        What it did: rows per side, model inputs, whether the medians came from a sample.
     """
     schema = read_schema(raw)
     split = plan_split(raw, schema["id_col"], config)
@@ -621,13 +631,13 @@ def normalize(
         ]
         map_parts(transform_file, items)
     normalizer.to_json(normalizer_path)
-    return {
-        "rows": split.train_rows + split.val_rows,
-        "train_rows": split.train_rows,
-        "val_rows": split.val_rows,
-        "inputs": len(normalizer.encoded),
-        "normalize_sampled": not fitting.sample.complete,
-    }
+    return NormalizeSummary(
+        rows=split.train_rows + split.val_rows,
+        train_rows=split.train_rows,
+        val_rows=split.val_rows,
+        inputs=len(normalizer.encoded),
+        sampled=not fitting.sample.complete,
+    )
 
 
 def transform_file(raw: Path, out: Path, normalizer: Normalizer, schema: dict) -> Path:

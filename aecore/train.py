@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from aecore.config import ModelConfig, TrainConfig
 from aecore.errors import AepipeError
-from aecore.io import atomic_path, file_digest, write_json
+from aecore.io import atomic_path, file_digest, reading_state, write_json
 from aecore.models import EVAL_BATCH, build_model, save_model
 from aecore.normalize import load_samples
 from aecore.schema import read_schema
@@ -312,6 +312,39 @@ def fingerprint(processed: Path, model_config: ModelConfig, train_config: TrainC
     return json.dumps([settings, files, digest], sort_keys=True, default=str)
 
 
+@dataclass(frozen=True)
+class FitSummary:
+    """What the train stage did: the summary in history.json."""
+
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    steps: int
+    stopped: str  # epochs | early_stopping | max_steps | max_minutes
+    train_seconds: float
+    train_rows_per_s: float
+    train_rows: int
+    train_rows_total: int
+    train_sampled: bool
+    val_rows: int
+    val_rows_total: int
+    batch_size: int
+    learning_rate: float
+    device: str
+    resumed_epochs: int
+
+    @classmethod
+    def read(cls, history_path: Path) -> FitSummary:
+        """The summary of the history.json the train stage wrote.
+
+        Raises:
+            AepipeError: naming the file, when it is missing or not a history.
+        """
+        with reading_state(history_path, "training history", "train"):
+            summary = cls(**json.loads(Path(history_path).read_text())["summary"])
+        return summary
+
+
 def fit_autoencoder(
     processed: Path,
     model_path: Path,
@@ -321,7 +354,7 @@ def fit_autoencoder(
     on_epoch: OnEpoch | None = None,
     checkpoint_path: Path | None = None,
     resume: bool = False,
-) -> dict[str, Any]:
+) -> FitSummary:
     """The train stage: build a model for the processed features, train it and save it.
 
     Trains on every training row, or on a uniform sample of ``train.max_rows`` of them
@@ -333,9 +366,7 @@ def fit_autoencoder(
     settings and data (``resumed_epochs`` in the summary), and starts over otherwise.
 
     Returns:
-        A summary: ``best_val_loss``, ``epochs_run``, ``train_seconds``,
-        ``train_rows_per_s``, the rows used and whether they were a sample, the batch size
-        and learning rate used, the steps, and why training stopped.
+        What it did, as written to history.json.
     """
     schema = read_schema(processed)
     samples = load_samples(
@@ -362,24 +393,24 @@ def fit_autoencoder(
     if checkpoint:
         checkpoint.remove()
     rows_seen = result.steps * result.batch_size
-    summary = {
-        "best_epoch": result.best_epoch,
-        "best_val_loss": result.history[result.best_epoch]["val_loss"],
-        "epochs_run": len(result.history),
-        "steps": result.steps,
-        "stopped": result.stopped,
-        "train_seconds": result.seconds,
-        "train_rows_per_s": min(rows_seen, len(train_rows.x) * len(result.history))
+    summary = FitSummary(
+        best_epoch=result.best_epoch,
+        best_val_loss=result.history[result.best_epoch]["val_loss"],
+        epochs_run=len(result.history),
+        steps=result.steps,
+        stopped=result.stopped,
+        train_seconds=result.seconds,
+        train_rows_per_s=min(rows_seen, len(train_rows.x) * len(result.history))
         / max(result.seconds, 1e-9),
-        "train_rows": len(train_rows.x),
-        "train_rows_total": train_rows.total,
-        "train_sampled": len(train_rows.x) < train_rows.total,
-        "val_rows": len(val_rows.x),
-        "val_rows_total": val_rows.total,
-        "batch_size": result.batch_size,
-        "learning_rate": result.learning_rate,
-        "device": result.device,
-        "resumed_epochs": result.resumed_epochs,
-    }
-    write_json({"summary": summary, "epochs": result.history}, history_path)
+        train_rows=len(train_rows.x),
+        train_rows_total=train_rows.total,
+        train_sampled=len(train_rows.x) < train_rows.total,
+        val_rows=len(val_rows.x),
+        val_rows_total=val_rows.total,
+        batch_size=result.batch_size,
+        learning_rate=result.learning_rate,
+        device=result.device,
+        resumed_epochs=result.resumed_epochs,
+    )
+    write_json({"summary": dataclasses.asdict(summary), "epochs": result.history}, history_path)
     return summary

@@ -50,7 +50,7 @@ def main() -> int:
             x, is_val = features.x, features.is_val
             k = load_model(layout.model).k  # params' latent_dim, or sized from the inputs
             pca = evaluate.pca_baseline_mse(x[~is_val], x[is_val], k)
-            rows.append((seed, fit["best_val_loss"], pca, fit["epochs_run"], seconds))
+            rows.append((seed, fit.best_val_loss, pca, fit.epochs_run, seconds))
     print(f"{'seed':>4} {'AE MSE':>8} {'PCA MSE':>8} {'ratio':>6} {'epochs':>6} {'train s':>7}")
     for seed, ae, pca, epochs, seconds in rows:
         print(f"{seed:>4} {ae:>8.4f} {pca:>8.4f} {ae / pca:>6.3f} {epochs:>6} {seconds:>7.1f}")

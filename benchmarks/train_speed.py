@@ -111,7 +111,7 @@ def main() -> int:
                 layout.processed, layout.model, layout.history, params.model, train_config
             )
             stage_s = min(stage_s, time.perf_counter() - start)
-            ours = max(ours, fit["train_rows_per_s"])
+            ours = max(ours, fit.train_rows_per_s)
     rows = [
         ("matmul peak", "", f"{peak:.1f}", "100%", ""),
         (

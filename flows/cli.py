@@ -178,7 +178,10 @@ def exit_now(code: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()  # sends Prefect's last logs while its server still listens
-    atexit._run_exitfuncs()  # then stops the temporary server
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's, not public
+    if run_exit_handlers is None:
+        sys.exit(code)  # the slow, ordinary way
+    run_exit_handlers()  # then stops the temporary server
     os._exit(code)
 
 

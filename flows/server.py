@@ -19,6 +19,32 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+# What Prefect's own temporary server runs (prefect.server.api.server.SubprocessASGIServer);
+# tests/test_cli.py fails when a Prefect release changes it.
+SERVER_ENV = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+}
+
+
+def uvicorn_arguments(app_dir: Path, port: int) -> list[str]:
+    """Uvicorn's arguments for Prefect's API app on 127.0.0.1:``port``."""
+    return [
+        "--app-dir",
+        str(app_dir),
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free now."""
@@ -40,25 +66,12 @@ class TemporaryServer:
             "-m",
             "flows.server",  # uvicorn, which exits when this process dies, even by kill -9
             str(os.getpid()),
-            "--app-dir",
-            str(app_dir),
-            "--factory",
-            "prefect.server.api.server:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "error",
-            "--lifespan",
-            "on",
-        ]  # the command Prefect's own temporary server runs
+            *uvicorn_arguments(app_dir, self.port),
+        ]
         env = {
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry calls from a local run
             **os.environ,
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
+            **SERVER_ENV,
         }
         self.process = subprocess.Popen(command, env=env)
         atexit.register(self.stop)

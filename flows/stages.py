@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aecore.config import Params
 from aecore.layout import Layout
 from aecore.pipeline import run_stage
+
+if TYPE_CHECKING:
+    from flows.tracking import Published
 
 
 def run(name: str, params: Params, root: Path) -> None:
@@ -27,32 +31,20 @@ def run(name: str, params: Params, root: Path) -> None:
     journal(layout)
 
 
-def export_and_track(params: Params, layout: Layout, root: Path) -> dict:
+def export_and_track(params: Params, layout: Layout, root: Path) -> Published:
     """Write the latent table inside an MLflow run that holds the whole pipeline's results."""
     import mlflow
 
+    from aecore.train import FitSummary
     from flows import tracking, versioning
 
-    tracking.configure(root)
-    history = json.loads(layout.history.read_text())
+    fit = FitSummary.read(layout.history)
     metrics = json.loads(layout.metrics.read_text())
     tags = {"aepipe.dataset": params.data.dataset, "aepipe.runner": "dvc"}
-    with tracking.start_run(params.data.dataset, root, params.as_flat_dict(), tags) as run:
-        tracking.log_history(run.info.run_id, history["epochs"])
-
-        def write_table(metadata: dict[str, str]) -> Path:
-            return run_stage("export", params, layout, metadata=metadata)
-
-        seconds = {"train": history["summary"]["train_seconds"]}
-        summary = tracking.publish(
-            layout,
-            params.data.dataset,
-            history["summary"],
-            metrics,
-            run.info.run_id,
-            write_table,
-            seconds,
-        )
-        table = Path(summary["latent_table"])
+    with tracking.track_pipeline(params, layout, root, tags) as tracked:
+        tracking.log_history(tracked.run_id, json.loads(layout.history.read_text())["epochs"])
+        registered = tracked.register()
+        table = run_stage("export", params, layout, metadata=registered.metadata)
+        summary = tracked.publish(fit, metrics, table, {"train": fit.train_seconds})
         mlflow.set_tags(versioning.describe(root, layout, table).tags)  # dvc.lock holds the rest
     return summary

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from aecore.config import Params
 from aecore.io import redact_url
 from aecore.layout import Layout, parse_model_uri, registered_name
+from aecore.train import FitSummary
 
 STORE = Path("mlflow") / "mlflow.db"
 ARTIFACTS = Path("mlflow") / "artifacts"
@@ -208,74 +211,127 @@ def input_example(layout: Layout, rows: int = 5) -> pd.DataFrame:
     return next(batches).to_pandas()
 
 
-def publish(
-    layout: Layout,
-    dataset: str,
-    fit: Mapping[str, Any],
-    metrics: Mapping[str, Any],
-    run_id: str,
-    write_table: Callable[[dict[str, str]], Path],
-    seconds: Mapping[str, float],
-) -> dict[str, Any]:
-    """Log and register the model, write the latent table that names it, log results.
+@dataclass(frozen=True)
+class Registered:
+    """A model version registered for a run, before its latent table exists."""
 
-    The version is registered first, because its number keys the table's partitions
-    (``model=<version>``); when anything after that fails, the version is deleted again,
-    so a failed run leaves no registered model. The ``champion`` alias, and with it the
-    ``_current`` pointer that readers follow, move last.
+    name: str
+    version: str
+    run_id: str
 
-    Args:
-        layout: the run's files.
-        dataset: names the registered model.
-        fit: the train stage's summary.
-        metrics: the evaluate stage's metrics.
-        run_id: the active MLflow run.
-        write_table: the export stage, given the metadata that links the table to the model.
-        seconds: time per stage so far; read again after ``write_table`` ran.
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
 
-    Returns:
-        The run's summary: final metrics, table path, run id, model URI and version.
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The latent table's metadata that links it to this version and run."""
+        return {"model_uri": self.uri, "model_version": self.version, "mlflow_run_id": self.run_id}
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a tracked pipeline run produced: final metrics, table, model and its status."""
+
+    dataset: str
+    metrics: dict[str, float]
+    latent_table: str
+    run_id: str
+    model_uri: str
+    model_version: str
+    champion: bool
+    device: str
+    fit: FitSummary
+
+
+class PipelineRun:
+    """One pipeline run in MLflow: ``register`` the model, export, then ``publish``.
+
+    The version is registered before the export, because its number keys the table's
+    partitions (``model=<version>``). ``track_pipeline`` deletes it again when the run
+    fails before ``publish`` ends, so a failed run leaves no registered model.
     """
-    logged_uri = log_model(layout, input_example(layout))
-    name = registered_name(dataset)
-    version = str(mlflow.register_model(logged_uri, name).version)
-    model_uri = f"models:/{name}/{version}"
-    try:
-        table = write_table(
-            {"model_uri": model_uri, "model_version": version, "mlflow_run_id": run_id}
-        )
+
+    def __init__(self, run_id: str, layout: Layout, dataset: str) -> None:
+        self.run_id, self.layout, self.dataset = run_id, layout, dataset
+        self.pending: Registered | None = None
+
+    def register(self) -> Registered:
+        """Log the pyfunc model and register it as a new version of the dataset's model."""
+        logged_uri = log_model(self.layout, input_example(self.layout))
+        name = registered_name(self.dataset)
+        version = str(mlflow.register_model(logged_uri, name).version)
+        self.pending = Registered(name, version, self.run_id)
+        return self.pending
+
+    def publish(
+        self,
+        fit: FitSummary,
+        metrics: Mapping[str, Any],
+        table: Path,
+        seconds: Mapping[str, float],
+    ) -> Published:
+        """Log the results and artifacts; make the version champion when it wins.
+
+        The ``champion`` alias, and with it the ``_current`` pointer that readers follow,
+        move last.
+        """
+        registered = self.pending
+        if registered is None:
+            message = "PipelineRun.publish: register the model first"
+            raise RuntimeError(message)
         final = {
             **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
-            "best_epoch": fit["best_epoch"],
-            "epochs_run": fit["epochs_run"],
-            "train_rows_per_s": fit["train_rows_per_s"],
+            "best_epoch": fit.best_epoch,
+            "epochs_run": fit.epochs_run,
+            "train_rows_per_s": fit.train_rows_per_s,
             **{
-                key if key.startswith(("train_", "val_")) else f"train_{key}": float(fit[key])
+                key if key.startswith(("train_", "val_")) else f"train_{key}": float(
+                    getattr(fit, key)
+                )
                 for key in TRAIN_FACTS
-                if key in fit
             },
             "latent_bytes": table.stat().st_size,
-            "compression_ratio": folder_bytes(layout.raw) / table.stat().st_size,
+            "compression_ratio": folder_bytes(self.layout.raw) / table.stat().st_size,
             **{f"seconds_{stage}": value for stage, value in seconds.items()},
         }
-        log_outputs(layout, final)
-        mlflow.set_tag("aepipe.train_stopped", fit.get("stopped", "epochs"))
-        mlflow.set_tag("aepipe.model_uri", model_uri)
-        champion = promote(name, version, metrics["recon_mse"], layout)
-    except BaseException:
-        MlflowClient().delete_model_version(name, version)
-        raise
-    return {
-        "dataset": dataset,
-        "metrics": final,
-        "latent_table": str(table),
-        "run_id": run_id,
-        "model_uri": model_uri,
-        "model_version": version,
-        "champion": champion,
-        "device": fit["device"],
-        "fit": dict(fit),
-    }
+        log_outputs(self.layout, final)
+        mlflow.set_tag("aepipe.train_stopped", fit.stopped)
+        mlflow.set_tag("aepipe.model_uri", registered.uri)
+        champion = promote(registered.name, registered.version, metrics["recon_mse"], self.layout)
+        self.pending = None
+        return Published(
+            dataset=self.dataset,
+            metrics=final,
+            latent_table=str(table),
+            run_id=self.run_id,
+            model_uri=registered.uri,
+            model_version=registered.version,
+            champion=champion,
+            device=fit.device,
+            fit=fit,
+        )
+
+
+@contextmanager
+def track_pipeline(
+    params: Params, layout: Layout, root: Path, tags: Mapping[str, str]
+) -> Iterator[PipelineRun]:
+    """The MLflow run of a pipeline run, for the flow and for ``aepipe stage export``.
+
+    Opens the run in the dataset's experiment with the resolved parameters and ``tags``;
+    when the block raises, deletes a version registered but not yet published, and ends
+    the run FAILED.
+    """
+    configure(root)
+    with start_run(params.data.dataset, root, params.as_flat_dict(), tags) as run:
+        tracked = PipelineRun(run.info.run_id, layout, params.data.dataset)
+        try:
+            yield tracked
+        except BaseException:
+            if tracked.pending is not None:
+                MlflowClient().delete_model_version(tracked.pending.name, tracked.pending.version)
+            raise
 
 
 def promote(name: str, version: str, val_error: float, layout: Layout) -> bool:

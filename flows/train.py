@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import time
@@ -175,44 +176,35 @@ def train_autoencoder(
     flow_run_id = str(context.flow_run.id) if getattr(context, "flow_run", None) else ""
     tags = {"prefect.flow_run_id": flow_run_id, "aepipe.dataset": params.data.dataset}
     seconds: dict[str, float] = {}
-    with tracking.start_run(params.data.dataset, base, params.as_flat_dict(), tags) as run:
-        run_id = run.info.run_id
+    with tracking.track_pipeline(params, layout, base, tags) as tracked:
         _, seconds["ingest"] = run_in_task("ingest", params, layout)
         warnings = schema.unused_warnings(schema.read_schema(layout.raw))
         for warning in warnings:
             get_run_logger().warning(warning)
         _, seconds["normalize"] = run_in_task("normalize", params, layout)
-        with EpochReporter(tracking.EpochLogger(run_id), params.train.epochs) as reporter:
+        with EpochReporter(tracking.EpochLogger(tracked.run_id), params.train.epochs) as reporter:
             fit, seconds["train"] = run_in_task("train", params, layout, reporter, resume=resume)
         metrics, seconds["evaluate"] = run_in_task("evaluate", params, layout)
-
-        def write_table(metadata: dict[str, str]) -> Path:
-            table, seconds["export"] = run_in_task("export", params, layout, metadata=metadata)
-            return table
-
-        summary = tracking.publish(
-            layout, params.data.dataset, fit, metrics, run.info.run_id, write_table, seconds
+        registered = tracked.register()
+        table, seconds["export"] = run_in_task(
+            "export", params, layout, metadata=registered.metadata
         )
-        versions = version_task(
-            base,
-            layout,
-            Path(summary["latent_table"]),
-            params == cfg.load_params(base / params_path),
-        )
+        summary = tracked.publish(fit, metrics, table, seconds)
+        versions = version_task(base, layout, table, params == cfg.load_params(base / params_path))
         mlflow.set_tags(versions.tags)
         for warning in versions.warnings:
             get_run_logger().warning(warning)
         warnings += versions.warnings
     report = (layout.figures / "report.md").read_text()
     model_name = registered_name(params.data.dataset)
-    status = " (champion)" if summary["champion"] else ""
+    status = " (champion)" if summary.champion else ""
     footer = (
-        f"MLflow run `{summary['run_id']}`, model `{model_name}` "
-        f"version {summary['model_version']}{status}."
+        f"MLflow run `{summary.run_id}`, model `{model_name}` "
+        f"version {summary.model_version}{status}."
     )
     create_markdown_artifact(
         markdown=f"{report}\n{footer}\n",
         key=artifact_key(params.data.dataset),
         description=f"Evaluation of {params.data.dataset}",
     )
-    return {**summary, "stage_seconds": seconds, "warnings": warnings}
+    return {**dataclasses.asdict(summary), "stage_seconds": seconds, "warnings": warnings}

@@ -121,3 +121,33 @@ def test_score_defaults_to_the_dataset_trained_last(tmp_path):
         weights.write_bytes(b"w")
         os.utime(weights, (weights.stat().st_mtime - age,) * 2)
     assert trained_last(tmp_path) == "newer"
+
+
+def test_the_temporary_server_runs_what_prefects_own_would():
+    """flows/server.py starts Prefect's API the way Prefect does: a release that changes
+    the command or its private settings fails here, not in a user's run."""
+    import ast
+    import inspect
+    import textwrap
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from flows import server
+
+    source = textwrap.dedent(inspect.getsource(SubprocessASGIServer._run_uvicorn_command))
+    tree = ast.parse(source)
+    env = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "server_env"
+    )
+    assert env == server.SERVER_ENV
+    args = next(
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.keyword) and node.arg == "args"
+    )
+    literals = [element.value for element in args.elts if isinstance(element, ast.Constant)]
+    assert literals[:2] == ["-m", "uvicorn"]
+    ours = server.uvicorn_arguments(Path("APP"), 4321)
+    assert [a for a in ours if a not in ("APP", "4321")] == literals[2:]

@@ -103,3 +103,38 @@ def test_the_registered_model_loads_without_prefect() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "[]"
+
+
+STAGE_MODULES = {
+    "ingest": "aecore.schema",
+    "normalize": "aecore.normalize",
+    "train": "aecore.train",
+    "evaluate": "aecore.evaluate",
+    "export": "aecore.export",
+}
+
+
+def closure(start: str, edges: dict[str, set[str]]) -> set[str]:
+    """``start`` and every project module it imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += edges.get(name, ())
+    return seen
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
+def test_each_dvc_stage_depends_on_exactly_the_code_it_runs(stage: str) -> None:
+    """Editing a module a stage imports makes `dvc status` show the stage as changed."""
+    import yaml
+
+    edges = graph()
+    needed = {
+        f"{name.replace('.', '/')}.py"
+        for name in closure(STAGE_MODULES[stage], edges)
+        if name != "aecore"  # the package's __init__: its version string
+    }
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    assert {dep for dep in deps if dep.startswith("aecore/")} == needed

@@ -140,7 +140,7 @@ def test_normalize_stage_fits_on_train_split_only(frame, tmp_path):
     )
     table = pq.read_table(out).to_pandas()
     is_val = (table["split"] == "val").to_numpy()
-    assert is_val.sum() == summary["val_rows"] and 30 <= is_val.sum() <= 70
+    assert is_val.sum() == summary.val_rows and 30 <= is_val.sum() <= 70
     keys = split_keys(pa.array(frame["id"]), 3)
     np.testing.assert_array_equal(is_val, keys < 0.25)  # a function of the row id
     train_rows = frame[~is_val]
@@ -209,7 +209,7 @@ def test_a_file_of_held_out_rows_only_and_tiny_samples(tmp_path):
     )
     config = normalize_config(method="robust", sample_rows=1)
     summary = normalize(raw, tmp_path / "p", tmp_path / "n.json", config)
-    assert summary["val_rows"] == 1 and summary["normalize_sampled"]
+    assert summary.val_rows == 1 and summary.sampled
     tiny = pd.DataFrame({"id": np.arange(5), "a": np.arange(5.0)})
     tiny.to_csv(tmp_path / "tiny.csv", index=False)
     raw = schema.ingest(
@@ -219,7 +219,7 @@ def test_a_file_of_held_out_rows_only_and_tiny_samples(tmp_path):
     for seed in range(4):
         config = normalize_config(method="zscore", val_fraction=1e-6, seed=seed, sample_rows=1)
         summary = normalize(raw, tmp_path / f"q{seed}", tmp_path / "m.json", config)
-        assert (summary["train_rows"], summary["val_rows"]) == (4, 1)
+        assert (summary.train_rows, summary.val_rows) == (4, 1)
 
 
 def test_training_refuses_infinite_values_by_column(frame, tmp_path):

@@ -229,9 +229,9 @@ def test_large_tables_train_on_a_logged_sample(params, tmp_path):
     fit = fit_autoencoder(
         tmp_path / "p", tmp_path / "m.pt", tmp_path / "h.json", params.model, config
     )
-    assert (fit["train_rows"], fit["val_rows"]) == (1000, 100)
-    assert fit["train_sampled"] and fit["train_rows_total"] > 2000
-    assert fit["train_rows"] + fit["val_rows"] < fit["train_rows_total"]
+    assert (fit.train_rows, fit.val_rows) == (1000, 100)
+    assert fit.train_sampled and fit.train_rows_total > 2000
+    assert fit.train_rows + fit.val_rows < fit.train_rows_total
 
 
 @pytest.mark.parametrize("kind", ["dense", "denoising", "sparse", "vae"])
