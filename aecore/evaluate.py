@@ -1,4 +1,4 @@
-"""Reconstruction error, the PCA baseline, the anomaly threshold and the evaluate stage.
+"""The evaluate stage: the anomaly score and threshold fitted, metrics against the PCA baseline.
 
 Every fit reads bounded samples of rows, so the stage costs the same on any table size.
 """

@@ -1,4 +1,4 @@
-"""Autoencoder networks: plain PyTorch modules, one class per kind."""
+"""The autoencoder kinds, one PyTorch module each, with their errors, inference and files."""
 
 from __future__ import annotations
 
