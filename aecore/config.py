@@ -110,6 +110,7 @@ class ScoreConfig:
     inbox: str
     batch_rows: int
     drift_limit: float
+    fail_on_drift: bool
 
 
 @dataclass(frozen=True)

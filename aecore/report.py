@@ -190,3 +190,32 @@ def write_report(report: Report, out_dir: Path) -> None:
     write_json(rounded, figures / "feature_errors.json")
     (figures / "report.md").write_text(report_markdown(report.metrics, report.per_feature))
     write_plot_data(report.history, report.errors, out_dir)
+
+
+def error_drift(
+    edges: np.ndarray, counts: np.ndarray, reference: np.ndarray, batch: str, path: Path
+) -> Path:
+    """A scored batch's reconstruction errors against training's, as two distributions.
+
+    ``counts`` are the batch's rows per bin of ``edges``; ``reference`` the held-out
+    training errors' quantiles at evenly spaced levels (reference.json). The largest
+    vertical gap between the two curves is the batch's ``drift_ks``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    levels = np.linspace(0, 1, len(reference))
+    axis.step(reference, levels, where="post", label="training (held-out rows)")
+    if counts.sum() > 0:
+        used = np.flatnonzero(counts)
+        span = slice(max(used[0] - 1, 0), min(used[-1] + 2, len(counts)))
+        cumulative = np.cumsum(counts) / counts.sum()
+        axis.step(edges[1:][span], cumulative[span], where="post", label=f"batch {batch}")
+    positive = reference[reference > 0]
+    if len(positive):
+        axis.set_xscale("log")
+    axis.set_xlabel("reconstruction error per row")
+    axis.set_ylabel("share of rows at or below")
+    axis.set_title(f"Batch {batch} against training")
+    axis.legend()
+    return _save(figure, path)

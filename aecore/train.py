@@ -332,6 +332,9 @@ class FitSummary:
     learning_rate: float
     device: str
     resumed_epochs: int
+    inputs: int  # the model's inputs, d
+    latent_dim: int  # k, resolved from model.latent_dim
+    hidden: list[int]  # the encoder's widths, resolved from model.hidden
 
     @classmethod
     def read(cls, history_path: Path) -> FitSummary:
@@ -411,6 +414,9 @@ def fit_autoencoder(
         learning_rate=result.learning_rate,
         device=result.device,
         resumed_epochs=result.resumed_epochs,
+        inputs=d,
+        latent_dim=model.k,
+        hidden=list(model.spec["hidden"]),
     )
     write_json({"summary": dataclasses.asdict(summary), "epochs": result.history}, history_path)
     return summary

@@ -12,9 +12,23 @@ from typing import Annotated, Any
 
 import typer
 
+
+def default_of(key: str) -> str:
+    """``key``'s value in ./params.yaml, for --help: `` [params.yaml: 40]``, or empty."""
+    import yaml
+
+    section, _, name = key.partition(".")
+    try:
+        value = yaml.safe_load(Path("params.yaml").read_text())[section][name]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return ""
+    return f" [params.yaml: {'null' if value is None else value}]"
+
+
 app = typer.Typer(
     help="aepipe: train autoencoders on tables and export their latent tables.",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode="markdown",  # reflows docstring paragraphs to the terminal's width
@@ -30,11 +44,38 @@ STOPPED = {
 Params = Annotated[Path, typer.Option("--params", help=PARAMS_HELP)]
 TaskRunner = Annotated[
     str | None,
-    typer.Option(help="local or dask: per-file work on a Dask cluster (prefect-dask)."),
+    typer.Option(
+        help="local or dask: per-file work on a Dask cluster (prefect-dask)."
+        + default_of("orchestration.task_runner")
+    ),
 ]
 DaskAddress = Annotated[
     str | None, typer.Option(help="A running Dask scheduler, tcp://...; default: a local cluster.")
 ]
+
+
+def show_version(value: bool) -> None:
+    """Print the installed version and exit (``--version``)."""
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"aepipe {version('aepipe')}")
+        raise typer.Exit
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """aepipe: train autoencoders on tables and export their latent tables.
+
+    Every default lives in params.yaml; an option overrides it for one run.
+    """
 
 
 def fail(message: str) -> None:
@@ -63,19 +104,38 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
 @app.command()
 def run(
     source: Annotated[
-        str | None, typer.Option(help="CSV/Parquet/JSONL file, folder, glob or URL.")
+        str | None,
+        typer.Option(
+            help="CSV/Parquet/JSONL file, folder, glob or URL." + default_of("data.source")
+        ),
     ] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="Dataset name; default: from the source.")
+        str | None,
+        typer.Option(help="Dataset name; default: from the source." + default_of("data.dataset")),
     ] = None,
-    id_col: Annotated[str | None, typer.Option(help="Id column; default: an added row_id.")] = None,
+    id_col: Annotated[
+        str | None,
+        typer.Option(help="Id column; null: an added row_id." + default_of("data.id_col")),
+    ] = None,
     label_col: Annotated[
-        str | None, typer.Option(help="Label column (0/1 anomaly label: AUROC).")
+        str | None,
+        typer.Option(help="Label column (0/1: AUROC)." + default_of("data.label_col")),
     ] = None,
-    kind: Annotated[str | None, typer.Option(help="dense, denoising, sparse or vae.")] = None,
-    latent_dim: Annotated[int | None, typer.Option(help="Latent size k.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Most epochs to train.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="dense, denoising, sparse or vae." + default_of("model.kind"))
+    ] = None,
+    latent_dim: Annotated[
+        int | None,
+        typer.Option(
+            help="Latent size k; null: an eighth of the inputs." + default_of("model.latent_dim")
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Most epochs to train." + default_of("train.epochs"))
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or mps." + default_of("train.device"))
+    ] = None,
     task_runner: TaskRunner = None,
     dask_address: DaskAddress = None,
     set_: Annotated[
@@ -245,6 +305,7 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
     table.add_row(
         "model", f"{summary['dataset']}-autoencoder v{summary['model_version']}{champion}"
     )
+    table.add_row("champion", summary["champion_reason"])
     table.add_row("MLflow run", f"{summary['run_id']}  (browse: aepipe ui)")
     stages = summary["stage_seconds"]
     inside = sum(stages.values())
@@ -457,8 +518,15 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Open the MLflow UI on 127.0.0.1 over the project's tracking store."""
+    import socket
+
     from flows.tracking import artifact_root, configure, tracking_uri
 
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            fail(f"port {port} on 127.0.0.1 is in use; choose another with --port")
     configure(Path.cwd())
     uri = tracking_uri(Path.cwd())
     if uri.startswith(("http://", "https://")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -15,9 +16,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aecore import config as cfg
+from aecore.errors import AepipeError
 from aecore.io import file_digest, list_source_files, redact_url, sweep_leftovers, write_json
 from aecore.layout import Layout, scoring_target
-from aecore.score import score_batch
+from aecore.report import error_drift
+from aecore.score import HISTOGRAM_EDGES, score_batch
 from flows import tracking
 from flows.runners import mapper, retry_unless_user_error, submit_parts
 from flows.train import artifact_key
@@ -57,6 +60,7 @@ def enter(ledger: dict[str, dict], path: Path, result: dict[str, Any]) -> None:
     retry_delay_seconds=[2, 10],
     retry_condition_fn=retry_unless_user_error,
     cache_policy=NO_CACHE,
+    task_run_name="score-{batch_id}",
 )
 def score_task(
     source: str,
@@ -114,7 +118,8 @@ def score_into(
         map_parts=map_parts,
     )
     metrics = summary.metrics(reference)
-    return {"metrics": metrics, "warnings": summary.warnings, "model": info}
+    histogram = {"counts": summary.histogram.tolist(), "reference": reference.error_quantiles}
+    return {"metrics": metrics, "warnings": summary.warnings, "model": info, "errors": histogram}
 
 
 def score_one(
@@ -131,7 +136,11 @@ def scoring_run(
     source: str, batch_id: str, model_uri: str, layout: Layout, root: Path
 ) -> Iterator[mlflow.ActiveRun]:
     """The MLflow run of one scored batch, in the ``<dataset>-scoring`` experiment."""
-    tags = {"aepipe.dataset": layout.dataset, "aepipe.batch_id": batch_id}
+    tags = {
+        "aepipe.dataset": layout.dataset,
+        "aepipe.batch_id": batch_id,
+        "mlflow.runName": f"score-{batch_id}-{layout.dataset}",
+    }
     run_params = {"source": redact_url(source), "batch_id": batch_id, "model_uri": model_uri}
     with tracking.start_run(f"{layout.dataset}-scoring", root, run_params, tags) as run:
         yield run
@@ -142,7 +151,8 @@ def record(
 ) -> dict[str, Any]:
     """Log a scored batch's metrics, tags, warnings and Prefect artifact; return its summary."""
     metrics, warnings = result["metrics"], list(result["warnings"])
-    if metrics.get("drift_ks", 0) > params.score.drift_limit:
+    drifted = metrics.get("drift_ks", 0) > params.score.drift_limit
+    if drifted:
         warnings.append(
             f"drift: recon_error's KS distance from training is {metrics['drift_ks']:.3f} "
             f"(limit {params.score.drift_limit}); consider retraining"
@@ -150,6 +160,20 @@ def record(
         mlflow.set_tag("aepipe.drift_warning", warnings[-1])
     mlflow.log_metrics(metrics)
     mlflow.set_tags(tracking.model_tags(result["model"]))
+    partition = layout.partition(batch_id, result["model"]["model_version"])
+    with tempfile.TemporaryDirectory() as folder:
+        plot = Path(folder) / "error_drift.png"
+        errors = result["errors"]
+        error_drift(HISTOGRAM_EDGES, errors["counts"], errors["reference"], batch_id, plot)
+        mlflow.log_artifact(str(plot), "scoring")
+    get_run_logger().info(
+        "scored %s rows of batch %s: %s anomalies (%.2f%%); wrote %s",
+        f"{metrics.get('rows', 0):,}",
+        batch_id,
+        f"{round(metrics.get('anomaly_rate', 0) * metrics.get('rows', 0)):,}",
+        100 * metrics.get("anomaly_rate", 0),
+        partition.relative_to(layout.root),
+    )
     for warning in warnings:
         get_run_logger().warning(warning)
     table = "\n".join(f"| {k} | {v:.6g} |" for k, v in metrics.items())
@@ -162,10 +186,11 @@ def record(
     )
     return {
         "batch_id": batch_id,
-        "partition": str(layout.partition(batch_id, result["model"]["model_version"])),
+        "partition": str(partition),
         "metrics": metrics,
         "warnings": warnings,
         "run_id": run.info.run_id,
+        "drifted": drifted,
     }
 
 
@@ -239,9 +264,20 @@ def score_batches(
     for run_id in tracking.reap_dead_runs(f"{layout.dataset}-scoring", layout):
         get_run_logger().warning("MLflow run %s: its process died; marked FAILED", run_id)
     if source is not None and target.batch is not None:
-        return [score_one(source, target.batch, model_uri, layout, params, base)]
-    with inbox_lock(layout):  # one inbox scoring of a dataset at a time: no file twice
-        return score_inbox(base / params.score.inbox / layout.dataset, model_uri, layout, params)
+        results = [score_one(source, target.batch, model_uri, layout, params, base)]
+    else:
+        with inbox_lock(layout):  # one inbox scoring of a dataset at a time: no file twice
+            folder = base / params.score.inbox / layout.dataset
+            results = score_inbox(folder, model_uri, layout, params)
+    drifted = [result["batch_id"] for result in results if result["drifted"]]
+    if drifted and params.score.fail_on_drift:
+        message = (
+            f"{layout.dataset}: batch {', '.join(drifted)} drifted from training "
+            f"(score.drift_limit {params.score.drift_limit}); scored and kept, and the run "
+            "fails because score.fail_on_drift is true"
+        )
+        raise AepipeError(message)
+    return results
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from aecore.config import Params
+from aecore.export import read_metadata
 from aecore.io import redact_url
 from aecore.layout import Layout, parse_model_uri, registered_name
 from aecore.train import FitSummary
@@ -105,7 +106,8 @@ def start_run(
     all_tags = {k: v for k, v in tags.items() if v} | {PROCESS_TAG: this_process()}
     with mlflow.start_run(experiment_id=experiment_id, tags=all_tags) as run:
         safe = {k: redact_url(v) if isinstance(v, str) else v for k, v in params.items()}
-        mlflow.log_params({k: "null" if v is None else v for k, v in safe.items()})
+        # an unset value is logged once resolved (model.latent_dim), never as "null"
+        mlflow.log_params({k: v for k, v in safe.items() if v is not None})
         yield run
 
 
@@ -240,8 +242,55 @@ class Published:
     model_uri: str
     model_version: str
     champion: bool
+    champion_reason: str
     device: str
     fit: FitSummary
+
+
+def run_name(kind: str, latent_dim: int, dataset: str) -> str:
+    """What tells runs apart in MLflow's lists, e.g. ``vae-k8-digits``."""
+    return f"{kind}-k{latent_dim}-{dataset}"
+
+
+def log_dataset(source: str, dataset: str, data_version: str) -> None:
+    """Log the source as the run's input dataset, its DVC md5 as the digest."""
+    import warnings
+
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    shown = redact_url(source)
+    try:
+        with warnings.catch_warnings():  # local paths match two source kinds: the same one
+            warnings.simplefilter("ignore", UserWarning)
+            found = resolve_dataset_source(shown)
+    except MlflowException:  # sklearn:digits and other non-URI sources
+        found = CodeDatasetSource({"source": shown})
+    digest = data_version.removeprefix("md5:")[:36] or None
+    mlflow.log_input(MetaDataset(found, name=dataset, digest=digest), context="training")
+
+
+def describe_version(
+    params: Params, fit: FitSummary, metrics: Mapping[str, Any], data_version: str
+) -> tuple[dict[str, str], str]:
+    """A model version's tags and description: what it is, what it was trained on."""
+    tags = {
+        "dataset": params.data.dataset,
+        "kind": params.model.kind,
+        "latent_dim": str(fit.latent_dim),
+        "data_version": data_version,
+    }
+    quality = f"held-out recon_mse {metrics['recon_mse']:.4g}"
+    if "auroc" in metrics:
+        tags["auroc"] = f"{metrics['auroc']:.4f}"
+        quality += f", AUROC {metrics['auroc']:.4f}"
+    description = (
+        f"{params.model.kind} autoencoder, k = {fit.latent_dim} (encoder {fit.hidden}), "
+        f"trained on {fit.train_rows:,} rows of {params.data.dataset} "
+        f"({redact_url(params.data.source)}, {data_version}); {quality}."
+    )
+    return tags, description
 
 
 class PipelineRun:
@@ -252,8 +301,9 @@ class PipelineRun:
     fails before ``publish`` ends, so a failed run leaves no registered model.
     """
 
-    def __init__(self, run_id: str, layout: Layout, dataset: str) -> None:
-        self.run_id, self.layout, self.dataset = run_id, layout, dataset
+    def __init__(self, run_id: str, layout: Layout, params: Params) -> None:
+        self.run_id, self.layout, self.params = run_id, layout, params
+        self.dataset = params.data.dataset
         self.pending: Registered | None = None
 
     def register(self) -> Registered:
@@ -296,9 +346,32 @@ class PipelineRun:
             **{f"seconds_{stage}": value for stage, value in seconds.items()},
         }
         log_outputs(self.layout, final)
-        mlflow.set_tag("aepipe.train_stopped", fit.stopped)
-        mlflow.set_tag("aepipe.model_uri", registered.uri)
-        champion = promote(registered.name, registered.version, metrics["recon_mse"], self.layout)
+        # the values params.yaml left to the code, resolved: never "null" in MLflow
+        unset = {"model.latent_dim": fit.latent_dim, "model.hidden": fit.hidden}
+        mlflow.log_params(
+            {k: v for k, v in unset.items() if getattr(self.params.model, k[6:]) is None}
+            | {"device": fit.device}
+        )
+        data_version = read_metadata(table).get("data_version", "")
+        log_dataset(self.params.data.source, self.dataset, data_version)
+        report = self.layout.figures / "report.md"
+        mlflow.set_tags(
+            {
+                "mlflow.runName": run_name(self.params.model.kind, fit.latent_dim, self.dataset),
+                "mlflow.note.content": report.read_text() if report.exists() else "",
+                "aepipe.train_stopped": fit.stopped,
+                "aepipe.model_uri": registered.uri,
+            }
+        )
+        tags, description = describe_version(self.params, fit, metrics, data_version)
+        client = MlflowClient()
+        for key, value in tags.items():
+            client.set_model_version_tag(registered.name, registered.version, key, value)
+        client.update_model_version(registered.name, registered.version, description)
+        champion, reason = promote(
+            registered.name, registered.version, metrics["recon_mse"], self.layout
+        )
+        mlflow.set_tag("aepipe.champion", reason)
         self.pending = None
         return Published(
             dataset=self.dataset,
@@ -308,6 +381,7 @@ class PipelineRun:
             model_uri=registered.uri,
             model_version=registered.version,
             champion=champion,
+            champion_reason=reason,
             device=fit.device,
             fit=fit,
         )
@@ -325,7 +399,7 @@ def track_pipeline(
     """
     configure(root)
     with start_run(params.data.dataset, root, params.as_flat_dict(), tags) as run:
-        tracked = PipelineRun(run.info.run_id, layout, params.data.dataset)
+        tracked = PipelineRun(run.info.run_id, layout, params)
         try:
             yield tracked
         except BaseException:
@@ -334,19 +408,30 @@ def track_pipeline(
             raise
 
 
-def promote(name: str, version: str, val_error: float, layout: Layout) -> bool:
-    """Make ``version`` the champion when it beats the current one; return whether it did.
+def promote(name: str, version: str, val_error: float, layout: Layout) -> tuple[bool, str]:
+    """Make ``version`` the champion when it beats the current one.
 
     The latent table's ``_current`` pointer follows the alias, so consumers who read the
     current view see the champion's latent space, never a model that lost.
+
+    Returns:
+        Whether it became champion, and why, in words.
     """
     client = MlflowClient()
-    champion_error = champion_val_error(client, name)
-    better = champion_error is None or val_error < champion_error
+    found = champion_val_error(client, name)
+    ours = f"held-out recon_mse {val_error:.4g}"
+    if found is None:
+        reason = f"v{version} is champion: the first model of {name} ({ours})"
+    elif val_error < found[1]:
+        reason = f"v{version} is champion: {ours} < v{found[0]}'s {found[1]:.4g}"
+    else:
+        theirs = f"held-out recon_mse {found[1]:.4g}"
+        reason = f"v{found[0]} stays champion: its {theirs} <= v{version}'s {val_error:.4g}"
+    better = found is None or val_error < found[1]
     if better:
         client.set_registered_model_alias(name, CHAMPION, version)
         write_text_atomically(layout.current, f"model={version}\n")
-    return better
+    return better, reason
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -397,14 +482,16 @@ def model_requirements() -> list[str]:
     return [f"{name}>={version(name).split('+')[0]}" for name in packages]
 
 
-def champion_val_error(client: MlflowClient, name: str) -> float | None:
-    """The held-out ``recon_mse`` of the current champion, or ``None`` when there is none."""
+def champion_val_error(client: MlflowClient, name: str) -> tuple[str, float] | None:
+    """The current champion's version and held-out ``recon_mse``; ``None``: no champion."""
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
     metrics = client.get_run(champion.run_id).data.metrics
-    return metrics.get("recon_mse")
+    if "recon_mse" not in metrics:
+        return None
+    return str(champion.version), metrics["recon_mse"]
 
 
 def load_scoring_model(model_uri: str) -> tuple[Any, dict[str, str]]:

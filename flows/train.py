@@ -66,7 +66,7 @@ def run_in_task(
     return result
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, task_run_name="version")
 def version_task(
     root: Path, layout: Layout, table: Path, pipeline_matches: bool
 ) -> versioning.Record:
@@ -108,6 +108,22 @@ class EpochReporter:
     def __exit__(self, *exc_info: object) -> None:
         self.progress.stop()
         self.logger.flush()
+
+
+def training_outcome(fit: train.FitSummary, config: cfg.TrainConfig) -> str:
+    """One line on how training ended: early, on a budget, or after every epoch."""
+    best = f"best epoch {fit.best_epoch + 1} (val_loss {fit.best_val_loss:.4g})"
+    if fit.stopped == "early_stopping":
+        return (
+            f"training stopped early at epoch {fit.epochs_run} of {config.epochs}: no better "
+            f"val_loss for {config.patience} epochs (train.patience); {best}"
+        )
+    if fit.stopped == "max_steps":
+        return f"training stopped at its step budget, {fit.steps} steps (train.max_steps); {best}"
+    if fit.stopped == "max_minutes":
+        budget = f"{config.max_minutes:g} minutes (train.max_minutes)"
+        return f"training stopped at its time budget, {budget}, epoch {fit.epochs_run}; {best}"
+    return f"training ran all {fit.epochs_run} epochs (train.epochs); {best}"
 
 
 def artifact_key(name: str, kind: str = "evaluation") -> str:
@@ -184,12 +200,14 @@ def train_autoencoder(
         _, seconds["normalize"] = run_in_task("normalize", params, layout)
         with EpochReporter(tracking.EpochLogger(tracked.run_id), params.train.epochs) as reporter:
             fit, seconds["train"] = run_in_task("train", params, layout, reporter, resume=resume)
+        get_run_logger().info(training_outcome(fit, params.train))
         metrics, seconds["evaluate"] = run_in_task("evaluate", params, layout)
         registered = tracked.register()
         table, seconds["export"] = run_in_task(
             "export", params, layout, metadata=registered.metadata
         )
         summary = tracked.publish(fit, metrics, table, seconds)
+        get_run_logger().info(summary.champion_reason)
         versions = version_task(base, layout, table, params == cfg.load_params(base / params_path))
         mlflow.set_tags(versions.tags)
         for warning in versions.warnings:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import cli_env
+from tests.conftest import cli_env, write_project
 
 AEPIPE = Path(sys.executable).with_name("aepipe")
 
@@ -36,6 +36,36 @@ def test_help_is_instant_and_lists_commands(project):
 
 
 @pytest.mark.slow
+def test_version_short_help_and_the_defaults_of_params_yaml(project):
+    from importlib.metadata import version
+
+    assert aepipe("--version", cwd=project).stdout.strip() == f"aepipe {version('aepipe')}"
+    assert "Usage: aepipe" in aepipe("-h", cwd=project).stdout
+    write_project(project, train__epochs=7)
+    wide = {**cli_env(), "COLUMNS": "300"}  # one option per line: no wrapped values
+    shown = subprocess.run(
+        [str(AEPIPE), "run", "-h"], cwd=project, capture_output=True, text=True, env=wide
+    ).stdout
+    for text in ("[params.yaml: 7]", "[params.yaml: denoising]", "[params.yaml: auto]"):
+        assert text in shown, text
+
+
+def test_ui_on_a_busy_port_fails(project):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = aepipe("ui", "--port", str(port), cwd=project)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: port {port} on 127.0.0.1 is in use; choose another with --port"
+    )
+
+
+@pytest.mark.slow
 def test_run_on_a_csv_prints_the_summary(project, planted):
     result = aepipe(
         "run",
@@ -57,6 +87,7 @@ def test_run_on_a_csv_prints_the_summary(project, planted):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for text in (
+        "v1 is champion: the first model of planted-autoencoder",
         "rows",
         "600 (12 features)",
         "latent dim",

@@ -103,8 +103,23 @@ def test_mlflow_run_holds_params_metrics_artifacts_and_tags(digits_project):
     run = client.get_run(first["run_id"])
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "digits"
-    assert run.data.params["model.latent_dim"] == "null"  # sized from the inputs:
-    assert run.data.metrics["latent_dim"] == 8  # 64 / 8
+    # sized from the inputs (64 / 8), and logged as the value used, never "null"
+    assert run.data.params["model.latent_dim"] == "8" and run.data.metrics["latent_dim"] == 8
+    assert run.data.params["model.hidden"] == "[128, 64]"
+    assert run.data.params["device"] == "cpu" and "data.id_col" not in run.data.params
+    assert run.info.run_name == "denoising-k8-digits"
+    assert run.data.tags["mlflow.note.content"].startswith("# Evaluation")
+    assert run.data.tags["aepipe.champion"].startswith(f"v{first['model_version']} is champion")
+    [dataset] = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "digits"
+    assert (
+        f"md5:{dataset.dataset.digest}"
+        == read_metadata(Path(first["latent_table"]))["data_version"]
+    )
+    version = client.get_model_version("digits-autoencoder", first["model_version"])
+    assert version.tags["latent_dim"] == "8" and version.tags["kind"] == "denoising"
+    assert version.tags["data_version"].startswith("md5:")
+    assert version.description.startswith("denoising autoencoder, k = 8 (encoder [128, 64])")
     assert run.data.params["train.epochs"] == "15"
     assert run.data.params["data.source"] == "sklearn:digits"
     history = client.get_metric_history(run.info.run_id, "val_loss")
@@ -180,7 +195,7 @@ def test_registered_champion_predicts_the_table(digits_project):
     assert by_alias.metadata.signature.inputs.input_names()[:2] == ["pixel_0_0", "pixel_0_1"]
     # a better model moves the alias, and the current view follows it
     layout = Layout(root, "digits")
-    assert tracking.promote("digits-autoencoder", second["model_version"], 0.0, layout)
+    assert tracking.promote("digits-autoencoder", second["model_version"], 0.0, layout)[0]
     champion = client.get_model_version_by_alias("digits-autoencoder", "champion")
     assert str(champion.version) == second["model_version"]
     assert list(read_latents(layout.latents).filter(like="z")) == ["z0", "z1", "z2", "z3"]

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from aecore.errors import AepipeError
 from aecore.export import read_latents
 from aecore.synthetic import make_data
 from flows import tracking
@@ -122,6 +123,41 @@ def test_drift_warns_without_failing(trained):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sensors-odd-scoring"]))
         )
     assert "**warning:** drift" in artifact.data and result["run_id"] in artifact.data
+    # the same batch, for a team that wants drift to fail the run: scored and kept, then failed
+    failing = score_batches(
+        source=str(root / "odd.parquet"),
+        batch_id="odd-paged",
+        dataset="sensors",
+        root=str(root),
+        overrides={"score.fail_on_drift": True},
+        return_state=True,
+    )
+    assert failing.is_failed()
+    with pytest.raises(AepipeError, match="batch odd-paged drifted from training"):
+        failing.result()
+    assert len(read_latents(root / "data/latents/sensors", ["odd-paged"])) == 1000
+
+
+def test_a_scoring_run_reads_well(trained):
+    """Its name, the drift plot against training's, and one log line on what it wrote."""
+    root, frame, _ = trained
+    frame.iloc[3000:3500].to_parquet(root / "day9.parquet")
+    [result] = score_batches(source=str(root / "day9.parquet"), dataset="sensors", root=str(root))
+    client = MlflowClient(tracking.default_uri(root))
+    run = client.get_run(result["run_id"])
+    assert run.info.run_name == "score-day9-sensors"
+    [plot] = client.list_artifacts(result["run_id"], "scoring")
+    assert plot.path == "scoring/error_drift.png" and plot.file_size > 10_000
+    with get_client(sync_client=True) as prefect:
+        [flow_run] = prefect.read_flow_runs(limit=1, sort="START_TIME_DESC")
+        logs = [log.message for log in prefect.read_logs() if log.flow_run_id == flow_run.id]
+        tasks = {task.name for task in prefect.read_task_runs() if task.flow_run_id == flow_run.id}
+    assert "score-day9" in tasks
+    assert any(
+        m.startswith("scored 500 rows of batch day9:")
+        and m.endswith("wrote data/latents/sensors/model=1/batch=day9/part-0.parquet")
+        for m in logs
+    ), logs
 
 
 def test_schema_drift_fails_the_flow_and_writes_nothing(trained):
