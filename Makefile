@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # pulls a different torch build behind it; pyproject keeps an open range.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: setup
 	$(VENV)/bin/aepipe run
 
-test: setup lint
+test: setup lint docs
 	$(PY) -m pytest
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 lint: setup
 	$(VENV)/bin/ruff check aecore flows tests benchmarks

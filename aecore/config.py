@@ -307,8 +307,8 @@ def check_name(name: str) -> str | None:
     return None
 
 
-def load_params(path: Path, overrides: Mapping[str, Any] | None = None) -> Params:
-    """Load params.yaml, then apply dotted-key overrides (``None`` keeps the file's value)."""
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The parsed parameters file."""
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError as error:
@@ -317,7 +317,22 @@ def load_params(path: Path, overrides: Mapping[str, Any] | None = None) -> Param
     except yaml.YAMLError as error:
         message = f"{path}: not valid YAML: {str(error).splitlines()[0]}"
         raise AepipeError(message) from error
-    params = params_from_dict(raw or {}, str(path))
+    return raw or {}
+
+
+def preset(path: Path, name: str) -> dict[str, Any]:
+    """The dotted keys of preset ``name`` in the parameters file's ``presets`` section."""
+    presets = read_yaml(path).get("presets") or {}
+    if name not in presets:
+        known = ", ".join(sorted(presets)) or "none"
+        message = f"{path}: no preset {name!r} (presets: {known})"
+        raise AepipeError(message)
+    return dict(presets[name])
+
+
+def load_params(path: Path, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Load params.yaml, then apply dotted-key overrides (``None`` keeps the file's value)."""
+    params = params_from_dict(read_yaml(path), str(path))
     return params.with_overrides(overrides or {}, str(path)) if overrides else params
 
 
@@ -337,14 +352,17 @@ def resolve_params(
     id_col: str | None = None,
     label_col: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    preset_name: str | None = None,
 ) -> Params:
     """Load params.yaml and apply a run's options.
 
     A ``source`` other than the file's resets the keys that describe the file's source
     (dataset name, id and label columns, feature list, image shape), so that the demo's
-    settings never leak onto the user's data.
+    settings never leak onto the user's data. A preset's keys come before ``overrides``.
     """
     params = load_params(path)
+    if preset_name:
+        params = params.with_overrides(preset(path, preset_name), f"{path}: preset {preset_name}")
     data = params.data
     if source is not None and source != data.source:
         data = dataclasses.replace(

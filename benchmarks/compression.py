@@ -1,7 +1,7 @@
 """Compression quality: held-out reconstruction MSE against PCA at equal k, and table bytes.
 
 Runs the real stages (aecore.pipeline) with the defaults of params.yaml in the compression
-configuration (``COMPRESSION``; README: "Anomaly detection and compression") on digits and,
+preset ``compress`` of params.yaml (``aepipe run --preset compress``) on digits and,
 when given the ADBench folder, on musk, for k = 2, 8, 16. Prints the AE/PCA MSE ratio and the
 latent table's bytes against the raw Parquet's. Targets: ratio <= 0.5 on digits at k=8 and
 <= 0.8 on musk at k=16; exit 1 when one is missed.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aecore.config import load_params
+from aecore.config import load_params, preset
 from aecore.evaluate import pca_baseline_mse
 from aecore.layout import Layout
 from aecore.normalize import load_features
@@ -27,21 +27,15 @@ from aecore.pipeline import STAGES, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {("digits", 8): 0.5, ("musk", 16): 0.8}
-COMPRESSION = {  # README: anomaly detection and compression
-    "model.kind": "dense",
-    "model.hidden": [256, 128],
-    "train.epochs": 300,
-    "train.learning_rate": 0.003,
-    "train.patience": 50,
-}
 
 
 def measure(name: str, source: str, label: str | None, k: int, root: Path) -> tuple:
     params = load_params(REPO / "params.yaml")
+    compress = preset(REPO / "params.yaml", "compress")  # aepipe run --preset compress
     data = dataclasses.replace(
         params.data, dataset=name, source=source, label_col=label, image_shape=None
     )
-    overrides = {**COMPRESSION, "model.latent_dim": k}
+    overrides = {**compress, "model.latent_dim": k}
     params = dataclasses.replace(params, data=data).with_overrides(overrides)
     layout = Layout(root, name)
     for stage in STAGES:

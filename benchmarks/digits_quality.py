@@ -1,8 +1,7 @@
 """Digits, 20% held out, k=8: the autoencoder's held-out MSE against PCA's at the same k.
 
 Target: ratio <= 0.5 for each of 3 seeds (split and initialisation), with params.yaml's
-defaults in the compression configuration (``COMPRESSION`` of compression.py; README:
-"Anomaly detection and compression").
+defaults under the ``compress`` preset (``aepipe run --preset compress``).
 The defaults themselves serve anomaly detection: a short training of a narrow model.
 Prints a table; exits 1 when a seed misses the target.
 
@@ -17,10 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from compression import COMPRESSION  # this folder: the one compression configuration
-
 from aecore import evaluate, normalize, schema, train
-from aecore.config import load_params
+from aecore.config import load_params, preset
 from aecore.layout import Layout
 from aecore.models import load_model
 
@@ -29,7 +26,8 @@ SEEDS = (0, 1, 2)
 
 
 def main() -> int:
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", COMPRESSION)
+    path = Path(__file__).resolve().parents[1] / "params.yaml"
+    params = load_params(path, preset(path, "compress"))
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         layout = Layout(Path(folder), "digits")

@@ -145,6 +145,10 @@ def run(
         bool,
         typer.Option(help="Continue training from the checkpoint an interrupted run left."),
     ] = False,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="A preset of params.yaml's presets, e.g. compress: the smallest error."),
+    ] = None,
     params: Params = Path("params.yaml"),
 ) -> None:
     """Run the train-autoencoder flow: ingest, normalize, train, evaluate, export.
@@ -163,7 +167,7 @@ def run(
         "orchestration.dask_address": dask_address,
     }
     overrides |= parse_sets(set_ or [])
-    resolved = preflight(params, source, dataset, id_col, label_col, overrides)
+    resolved = preflight(params, source, dataset, id_col, label_col, overrides, preset)
     from flows import server
 
     temporary = server.start_if_needed()  # starts while the imports below run
@@ -189,6 +193,7 @@ def run(
             params_path=str(params),
             root=str(Path.cwd()),
             resume=resume,
+            preset=preset,
         )
     except AepipeError as error:
         fail(str(error))
@@ -212,6 +217,7 @@ def preflight(
     id_col: str | None,
     label_col: str | None,
     overrides: dict[str, Any],
+    preset: str | None = None,
 ) -> Any:
     """Check the parameters, the source and its columns before any server or run starts.
 
@@ -222,7 +228,7 @@ def preflight(
     from aecore.schema import check_source
 
     try:
-        resolved = resolve_params(params, source, dataset, id_col, label_col, overrides)
+        resolved = resolve_params(params, source, dataset, id_col, label_col, overrides, preset)
         check_source(resolved.data)
     except AepipeError as error:
         fail(str(error))
@@ -267,6 +273,15 @@ def hide_tracebacks_of_user_errors() -> None:
                 handler.addFilter(_UserErrorFilter())
 
 
+def human_bytes(count: float) -> str:
+    """``1.2 MB``: bytes in the largest unit that keeps a number of at least 1."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return f"{count:,.1f} TB"
+
+
 def print_summary(summary: dict[str, Any], wall_s: float) -> None:
     """Print what a run produced, with the time split between stages and orchestration."""
     from rich.console import Console
@@ -298,9 +313,14 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
     table.add_row(
         "threshold", f"{metrics['threshold']:.4g} (anomaly rate {metrics['anomaly_rate']:.2%})"
     )
-    ratio = metrics["compression_ratio"]
-    size = f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x the source's bytes"
-    table.add_row("latent table", f"{summary['latent_table']} ({size})")
+    ratio, latent_bytes = metrics["compression_ratio"], metrics["latent_bytes"]
+    size = f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
+    table.add_row("latent table", summary["latent_table"])
+    table.add_row(
+        "table size",
+        f"{human_bytes(latent_bytes)} against the source's {human_bytes(latent_bytes * ratio)} "
+        f"as Parquet: {size}",
+    )
     champion = " (champion)" if summary["champion"] else ""
     table.add_row(
         "model", f"{summary['dataset']}-autoencoder v{summary['model_version']}{champion}"
@@ -518,15 +538,9 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Open the MLflow UI on 127.0.0.1 over the project's tracking store."""
-    import socket
-
     from flows.tracking import artifact_root, configure, tracking_uri
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            fail(f"port {port} on 127.0.0.1 is in use; choose another with --port")
+    refuse_busy(port)
     configure(Path.cwd())
     uri = tracking_uri(Path.cwd())
     if uri.startswith(("http://", "https://")):
@@ -537,6 +551,63 @@ def ui(
         command += ["--default-artifact-root", str(artifact_root(Path.cwd()))]
     typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)", err=True)
     os.execv(sys.executable, command)
+
+
+def refuse_busy(port: int) -> None:
+    """Exit with status 2 when ``port`` on 127.0.0.1 is taken."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            fail(f"port {port} on 127.0.0.1 is in use; choose another with --port")
+
+
+@app.command("serve-model")
+def serve_model(
+    model: Annotated[
+        str | None, typer.Option(help="Model URI; default models:/DATASET-autoencoder@champion.")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset; default: the one trained last here, else params.yaml's."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
+    params: Params = Path("params.yaml"),
+) -> None:
+    """Serve a registered model over HTTP on 127.0.0.1 (MLflow's scoring server).
+
+    POST rows to ``/invocations`` (``{"dataframe_records": [...]}``); each comes back with
+    its latents, errors, anomaly score and flag, as in the latent table. Runs in this
+    environment, without building another one.
+    """
+    from aecore.config import load_params
+    from aecore.errors import AepipeError
+    from aecore.layout import scoring_target, trained_last
+    from flows.tracking import configure, tracking_uri
+
+    refuse_busy(port)
+    try:
+        dataset = dataset or (None if model else trained_last(Path.cwd()))
+        target = scoring_target(
+            Path.cwd(), load_params(params).data.dataset, None, model, None, dataset
+        )
+    except AepipeError as error:
+        fail(str(error))
+    configure(Path.cwd())
+    here = str(Path(sys.executable).parent)  # MLflow starts its server from PATH
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri(Path.cwd()),
+        "PATH": os.pathsep.join([here, os.environ.get("PATH", "")]),
+    }
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", target.model_uri]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    typer.echo(
+        f"{target.model_uri} on http://127.0.0.1:{port}/invocations (Ctrl-C to stop)", err=True
+    )
+    os.execve(sys.executable, command, env)
 
 
 def redact(url: str) -> str:

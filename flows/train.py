@@ -145,6 +145,7 @@ def train_autoencoder(
     params_path: str = "params.yaml",
     root: str = ".",
     resume: bool = False,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Ingest, normalize, train, evaluate and export; track the run in MLflow.
 
@@ -162,6 +163,7 @@ def train_autoencoder(
         root: the project folder that holds data/ and mlflow/.
         resume: training continues from the checkpoint that an interrupted run of the
             same settings and data left (``train.checkpoint_seconds``).
+        preset: a preset of params.yaml's ``presets`` (``compress``), under ``overrides``.
 
     Returns:
         A summary: metrics, the latent table's path, the MLflow run id and model version.
@@ -180,6 +182,7 @@ def train_autoencoder(
             "train.device": device,
             **(overrides or {}),
         },
+        preset,
     )
     layout = Layout(base, params.data.dataset)
     schema.check_source(params.data)  # bad input fails here: no MLflow run, nothing written

@@ -88,6 +88,8 @@ def test_run_on_a_csv_prints_the_summary(project, planted):
     assert result.returncode == 0, result.stderr[-2000:]
     for text in (
         "v1 is champion: the first model of planted-autoencoder",
+        "table size",
+        "as Parquet:",
         "rows",
         "600 (12 features)",
         "latent dim",
@@ -107,6 +109,52 @@ def test_run_on_a_csv_prints_the_summary(project, planted):
     np.testing.assert_allclose(again["anomaly_score"], table["anomaly_score"], rtol=1e-5)
     reference = json.loads((project / "data/reports/planted/reference.json").read_text())
     assert reference["kl_weight"] == 0.5 and reference["kl_scale"] > 0
+    # the champion over HTTP: the same latents and scores as the latent table
+    rows = pd.read_csv(planted).drop(columns=["is_anomaly_label"]).head(20)
+    served = serve(project, rows)
+    np.testing.assert_allclose(
+        served[["z0", "z1", "z2"]], table[["z0", "z1", "z2"]][:20], rtol=1e-4
+    )
+    np.testing.assert_allclose(served["anomaly_score"], table["anomaly_score"][:20], rtol=1e-4)
+    assert served["is_anomaly"].tolist() == table["is_anomaly"][:20].tolist()
+
+
+def serve(project: Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """Start `aepipe serve-model` as a user would, POST ``rows``, stop it."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**cli_env(), "PATH": "/usr/bin:/bin"}  # not the venv's: the command finds its own
+    server = subprocess.Popen(
+        [str(AEPIPE), "serve-model", "--port", str(port)],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        body = json.dumps({"dataframe_records": rows.to_dict(orient="records")}).encode()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return pd.DataFrame(json.loads(response.read())["predictions"])
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the model server did not answer"
+                time.sleep(0.5)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from aecore.config import check_name, dataset_name, load_params, resolve_params
+from aecore.config import check_name, dataset_name, load_params, preset, resolve_params
 from aecore.errors import AepipeError
 from aecore.layout import Layout
 from tests.conftest import REPO, write_project
@@ -98,3 +98,20 @@ def test_layout_stays_under_data(tmp_path):
 def test_latent_dim_zero_is_refused_not_taken_as_auto(params):
     with pytest.raises(AepipeError, match=r"model.latent_dim = 0 is invalid; expected null"):
         params.with_overrides({"model.latent_dim": 0})
+
+
+def test_a_preset_sets_its_keys_under_the_runs_own(tmp_path):
+    path = REPO / "params.yaml"
+    compress = resolve_params(path, preset_name="compress", overrides={"train.epochs": 5})
+    expected = preset(path, "compress")
+    assert compress.model.kind == expected["model.kind"] == "dense"
+    assert list(compress.model.hidden) == expected["model.hidden"]
+    assert compress.train.learning_rate == expected["train.learning_rate"]
+    assert compress.train.epochs == 5  # an option or --set wins over the preset
+    assert resolve_params(path).model.kind == "denoising"  # no preset: the defaults
+    with pytest.raises(AepipeError, match=r"no preset 'fast' \(presets: compress\)"):
+        resolve_params(path, preset_name="fast")
+    broken = tmp_path / "params.yaml"
+    broken.write_text(path.read_text().replace("train.patience: 50", "train.patiense: 50"))
+    with pytest.raises(AepipeError, match="preset compress: unknown parameter 'train.patiense'"):
+        resolve_params(broken, preset_name="compress")
