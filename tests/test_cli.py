@@ -230,3 +230,47 @@ def test_the_temporary_server_runs_what_prefects_own_would():
     assert literals[:2] == ["-m", "uvicorn"]
     ours = server.uvicorn_arguments(Path("APP"), 4321)
     assert [a for a in ours if a not in ("APP", "4321")] == literals[2:]
+
+
+@pytest.mark.slow
+def test_ui_stops_with_every_process_it_started(project):
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen([str(AEPIPE), "ui", "--port", str(port)], cwd=project, env=cli_env())
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
+                assert page.status == 200
+                break
+        except OSError:
+            assert ui.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+    pattern = ["pgrep", "-f", "--", f"mlflow ui .*--port {port}"]
+    [server] = subprocess.run(pattern, capture_output=True, text=True).stdout.split()
+    session = os.getsid(int(server))
+    assert session != os.getsid(0)  # the server and its workers: a session of their own
+    assert len(in_session(session)) >= 2  # the server and the web workers it started
+    ui.send_signal(signal.SIGTERM)
+    assert ui.wait(timeout=30) == 0
+    time.sleep(1)
+    assert in_session(session) == [], "a process of the UI outlived it"
+
+
+def in_session(session: int) -> list[int]:
+    """The live processes of a session."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session and fields[0] != "Z":  # sid; not a zombie
+                found.append(int(entry.name))
+    return found
