@@ -274,6 +274,14 @@ def hide_tracebacks_of_user_errors() -> None:
                 handler.addFilter(_UserErrorFilter())
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working folder when it is inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def human_bytes(count: float) -> str:
     """``1.2 MB``: bytes in the largest unit that keeps a number of at least 1."""
     for unit in ("B", "KB", "MB", "GB"):
@@ -316,7 +324,7 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
     )
     ratio, latent_bytes = metrics["compression_ratio"], metrics["latent_bytes"]
     size = f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
-    table.add_row("latent table", summary["latent_table"])
+    table.add_row("latent table", shown_path(Path(summary["latent_table"])))
     table.add_row(
         "table size",
         f"{human_bytes(latent_bytes)} against the source's {human_bytes(latent_bytes * ratio)} "
