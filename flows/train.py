@@ -45,7 +45,11 @@ def stage_task(
 ) -> tuple[Any, float]:
     """Run one stage; return its result and the seconds it took."""
     parts = mapper(params.orchestration)
-    return timed(run_stage, name, params, layout, on_epoch, metadata, parts, resume)
+    try:
+        return timed(run_stage, name, params, layout, on_epoch, metadata, parts, resume)
+    finally:
+        if isinstance(on_epoch, EpochReporter):
+            on_epoch.finish()  # the bar ends before Prefect logs the task's end below it
 
 
 def run_in_task(
@@ -89,7 +93,7 @@ class EpochReporter:
             TextColumn("{task.fields[losses]}"),
             TimeElapsedColumn(),
             disable=not sys.stderr.isatty(),
-            transient=True,
+            transient=False,  # the last state stays, above the lines that follow
             redirect_stdout=False,
         )
         self.bar = self.progress.add_task("train", total=epochs, losses="")
@@ -105,8 +109,12 @@ class EpochReporter:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def finish(self) -> None:
+        """Draw the bar's last state and end it (again: a no-op)."""
         self.progress.stop()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.finish()
         self.logger.flush()
 
 

@@ -274,3 +274,38 @@ def in_session(session: int) -> list[int]:
             if int(fields[3]) == session and fields[0] != "Z":  # sid; not a zombie
                 found.append(int(entry.name))
     return found
+
+
+@pytest.mark.slow
+def test_on_a_terminal_the_progress_bar_ends_before_the_next_line(project):
+    """In a terminal, the epoch bar keeps its last state; no log line is drawn into it."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {**cli_env(), "COLUMNS": "120", "TERM": "xterm"}
+    run = subprocess.Popen(
+        [str(AEPIPE), "run", "--epochs", "5", "--set", "train.patience=50"],
+        cwd=project,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=env,
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the run ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert run.wait(timeout=240) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    lines = [line.rstrip("\r").split("\r")[-1] for line in text.split("\n")]  # as drawn
+    finished = [i for i, line in enumerate(lines) if "Task run 'train' - Finished" in line]
+    assert finished, text[-3000:]
+    assert "5/5 epochs" in lines[finished[0] - 1]  # the bar's last state, on its own line
+    assert "epochs" not in lines[finished[0]].split("Task run")[0]
+    assert any("training ran all 5 epochs (train.epochs)" in line for line in lines)
