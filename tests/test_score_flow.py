@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import time
 
 import duckdb
 import numpy as np
@@ -10,7 +11,14 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 
 from aecore.errors import AepipeError
 from aecore.export import read_latents
@@ -148,16 +156,22 @@ def test_a_scoring_run_reads_well(trained):
     assert run.info.run_name == "score-day9-sensors"
     [plot] = client.list_artifacts(result["run_id"], "scoring")
     assert plot.path == "scoring/error_drift.png" and plot.file_size > 10_000
+    wrote = "wrote data/latents/sensors/model=1/batch=day9/part-0.parquet"
+    deadline = time.monotonic() + 30  # Prefect sends logs in batches, every few seconds
     with get_client(sync_client=True) as prefect:
         [flow_run] = prefect.read_flow_runs(limit=1, sort="START_TIME_DESC")
-        logs = [log.message for log in prefect.read_logs() if log.flow_run_id == flow_run.id]
-        tasks = {task.name for task in prefect.read_task_runs() if task.flow_run_id == flow_run.id}
+        this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+        tasks = {task.name for task in prefect.read_task_runs(flow_run_filter=this_run)}
+        its_logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id]))
+        while True:
+            logs = [log.message for log in prefect.read_logs(log_filter=its_logs)]
+            said = [m for m in logs if m.startswith("scored 500 rows of batch day9:")]
+            if said:
+                break
+            assert time.monotonic() < deadline, logs
+            time.sleep(1)
+    assert said[0].endswith(wrote), said
     assert "score-day9" in tasks
-    assert any(
-        m.startswith("scored 500 rows of batch day9:")
-        and m.endswith("wrote data/latents/sensors/model=1/batch=day9/part-0.parquet")
-        for m in logs
-    ), logs
 
 
 def test_schema_drift_fails_the_flow_and_writes_nothing(trained):
