@@ -35,7 +35,6 @@ def test_help_is_instant_and_lists_commands(project):
     assert time.perf_counter() - start < 3  # no prefect, mlflow or torch behind --help
 
 
-@pytest.mark.slow
 def test_version_short_help_and_the_defaults_of_params_yaml(project):
     from importlib.metadata import version
 
