@@ -19,9 +19,9 @@ from aecore.normalize import Normalizer
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
-    """A Prefect test server for a module's flow runs, stopped when the module ends.
+    """One Prefect test server for the flow runs of the whole session (seconds to start).
 
     Without it, a flow run starts Prefect's ephemeral server, which stops at exit and logs
     to pytest's closed output.
@@ -40,9 +40,9 @@ def cli_env(prefect_api: str | None = None, drop: str = "PREFECT_API") -> dict[s
     return env | ({"PREFECT_API_URL": prefect_api} if prefect_api else {})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
-    """One Prefect server for the ``aepipe`` processes a module starts: its API URL.
+    """One Prefect server for the ``aepipe`` processes the tests start: its API URL.
 
     Each process would otherwise start a temporary server of its own, seconds apiece.
     """

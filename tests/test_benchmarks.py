@@ -24,10 +24,10 @@ def test_train_speed_prints_its_table():
 
 
 @pytest.mark.slow
-def test_scale_runs_aepipe_on_two_sizes():
-    done = bench("benchmarks/scale.py", "--rows", "2000", "4000", "--cols", "8")
+def test_scale_runs_aepipe():
+    done = bench("benchmarks/scale.py", "--rows", "3000", "--cols", "8")
     assert done.returncode in (0, 1), done.stdout + done.stderr
-    assert "peak RSS" in done.stdout and "4,000 rows: trained on" in done.stdout
+    assert "peak RSS" in done.stdout and "3,000 rows: trained on" in done.stdout
 
 
 def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size():

@@ -55,9 +55,10 @@ def processes():
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=3)  # the test is over: no need to wait for a clean exit
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def test_prefect_deployment_run_scores_a_batch(tmp_path, processes):
