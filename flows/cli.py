@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -14,15 +15,25 @@ from typing import Annotated, Any
 import typer
 
 
-def default_of(key: str) -> str:
-    """``key``'s value in ./params.yaml, for --help: `` [params.yaml: 40]``, or empty."""
+@functools.cache
+def params_here() -> dict[str, Any]:
+    """./params.yaml, parsed once, for --help (empty when it is missing or broken)."""
     import yaml
 
-    section, _, name = key.partition(".")
     try:
-        value = yaml.safe_load(Path("params.yaml").read_text())[section][name]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        found = yaml.safe_load(Path("params.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def default_of(key: str) -> str:
+    """``key``'s value in ./params.yaml, for --help: `` [params.yaml: 40]``, or empty."""
+    section, _, name = key.partition(".")
+    values = params_here().get(section)
+    if not isinstance(values, dict) or name not in values:
         return ""
+    value = values[name]
     return f" [params.yaml: {'null' if value is None else value}]"
 
 
@@ -383,14 +394,11 @@ def score(
     from aecore.config import load_params
     from aecore.errors import AepipeError
     from aecore.io import Source
-    from aecore.layout import scoring_target, trained_last
+    from aecore.layout import scoring_target
 
     try:  # mistakes end here, before any server or run starts
         resolved = load_params(params, overrides)
-        if dataset is None and model is None:
-            dataset = trained_last(Path.cwd())
-            if dataset:
-                print(f"dataset: {dataset} (trained last here; --dataset to choose)")
+        dataset = dataset_to_score(dataset, model)
         scoring_target(Path.cwd(), resolved.data.dataset, source, model, batch_id, dataset)
         if source is not None:
             Source(source).schema()  # every file opens and has columns
@@ -591,6 +599,18 @@ def run_group(command: list[str], env: dict[str, str]) -> int:
         return 0
 
 
+def dataset_to_score(dataset: str | None, model: str | None) -> str | None:
+    """The dataset given, or, when neither it nor a model is, the one trained last here."""
+    if dataset is not None or model is not None:
+        return dataset
+    from aecore.layout import trained_last
+
+    found = trained_last(Path.cwd())
+    if found:
+        print(f"dataset: {found} (trained last here; --dataset to choose)")
+    return found
+
+
 def refuse_busy(port: int) -> None:
     """Exit with status 2 when ``port`` on 127.0.0.1 is taken."""
     import socket
@@ -622,12 +642,12 @@ def serve_model(
     """
     from aecore.config import load_params
     from aecore.errors import AepipeError
-    from aecore.layout import scoring_target, trained_last
+    from aecore.layout import scoring_target
     from flows.tracking import configure, tracking_uri
 
     refuse_busy(port)
     try:
-        dataset = dataset or (None if model else trained_last(Path.cwd()))
+        dataset = dataset_to_score(dataset, model)
         target = scoring_target(
             Path.cwd(), load_params(params).data.dataset, None, model, None, dataset
         )
@@ -645,7 +665,7 @@ def serve_model(
     typer.echo(
         f"{target.model_uri} on http://127.0.0.1:{port}/invocations (Ctrl-C to stop)", err=True
     )
-    os.execve(sys.executable, command, env)
+    raise typer.Exit(run_group(command, env))
 
 
 def redact(url: str) -> str:

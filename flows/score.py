@@ -19,7 +19,6 @@ from aecore import config as cfg
 from aecore.errors import AepipeError
 from aecore.io import file_digest, list_source_files, redact_url, sweep_leftovers, write_json
 from aecore.layout import Layout, scoring_target
-from aecore.report import error_drift
 from aecore.score import HISTOGRAM_EDGES, score_batch
 from flows import tracking
 from flows.runners import mapper, retry_unless_user_error, submit_parts
@@ -161,6 +160,8 @@ def record(
     mlflow.log_metrics(metrics)
     mlflow.set_tags(tracking.model_tags(result["model"]))
     partition = layout.partition(batch_id, result["model"]["model_version"])
+    from aecore.report import error_drift  # matplotlib: only once a batch is scored
+
     with tempfile.TemporaryDirectory() as folder:
         plot = Path(folder) / "error_drift.png"
         errors = result["errors"]

@@ -243,7 +243,6 @@ class Published:
     model_version: str
     champion: bool
     champion_reason: str
-    device: str
     fit: FitSummary
 
 
@@ -330,6 +329,7 @@ class PipelineRun:
         if registered is None:
             message = "PipelineRun.publish: register the model first"
             raise RuntimeError(message)
+        table_bytes = table.stat().st_size
         final = {
             **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
             "best_epoch": fit.best_epoch,
@@ -341,17 +341,18 @@ class PipelineRun:
                 )
                 for key in TRAIN_FACTS
             },
-            "latent_bytes": table.stat().st_size,
-            "compression_ratio": folder_bytes(self.layout.raw) / table.stat().st_size,
+            "latent_bytes": table_bytes,
+            "compression_ratio": folder_bytes(self.layout.raw) / table_bytes,
             **{f"seconds_{stage}": value for stage, value in seconds.items()},
         }
         log_outputs(self.layout, final)
         # the values params.yaml left to the code, resolved: never "null" in MLflow
-        unset = {"model.latent_dim": fit.latent_dim, "model.hidden": fit.hidden}
-        mlflow.log_params(
-            {k: v for k, v in unset.items() if getattr(self.params.model, k[6:]) is None}
-            | {"device": fit.device}
-        )
+        resolved: dict[str, Any] = {"device": fit.device}
+        if self.params.model.latent_dim is None:
+            resolved["model.latent_dim"] = fit.latent_dim
+        if self.params.model.hidden is None:
+            resolved["model.hidden"] = fit.hidden
+        mlflow.log_params(resolved)
         data_version = read_metadata(table).get("data_version", "")
         log_dataset(self.params.data.source, self.dataset, data_version)
         report = self.layout.figures / "report.md"
@@ -382,7 +383,6 @@ class PipelineRun:
             model_version=registered.version,
             champion=champion,
             champion_reason=reason,
-            device=fit.device,
             fit=fit,
         )
 
@@ -420,14 +420,14 @@ def promote(name: str, version: str, val_error: float, layout: Layout) -> tuple[
     client = MlflowClient()
     found = champion_val_error(client, name)
     ours = f"held-out recon_mse {val_error:.4g}"
+    better = found is None or val_error < found[1]
     if found is None:
         reason = f"v{version} is champion: the first model of {name} ({ours})"
-    elif val_error < found[1]:
+    elif better:
         reason = f"v{version} is champion: {ours} < v{found[0]}'s {found[1]:.4g}"
     else:
         theirs = f"held-out recon_mse {found[1]:.4g}"
         reason = f"v{found[0]} stays champion: its {theirs} <= v{version}'s {val_error:.4g}"
-    better = found is None or val_error < found[1]
     if better:
         client.set_registered_model_alias(name, CHAMPION, version)
         write_text_atomically(layout.current, f"model={version}\n")
