@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,40 @@ def run(
 ) -> pd.DataFrame:
     """Every method on every set (or ``names``, or one half), seed by seed: one row each."""
     rows, kinds = [], other_kinds()
+    for dataset, seed, train, test, y_test in splits(folder, seeds, names, only_half):
+        for method in methods:
+            with tempfile.TemporaryDirectory() as folder_name:
+                if method == OURS or method in kinds:
+                    kind = None if method == OURS else method
+                    scores, seconds = fit_aepipe(train, test, Path(folder_name), kind)
+                else:
+                    scores, seconds = fit_peer(method, seed, train, test)
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "seed": seed,
+                    "method": method,
+                    "auroc": auroc(y_test, scores),
+                    "fit_s": seconds,
+                    "finite": bool(np.isfinite(scores).all()),
+                }
+            )
+            print(
+                f"{dataset:16} seed {seed} {method:10} AUROC {rows[-1]['auroc']:.4f} "
+                f"fit {seconds:7.2f} s",
+                flush=True,
+            )
+    return pd.DataFrame(rows)
+
+
+def splits(
+    folder: Path, seeds: int, names: tuple[str, ...] | None = None, only_half: str | None = None
+) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """ADBench's protocol: per set and seed, a 70/30 stratified split of X, and y's test part.
+
+    Yields ``(dataset, seed, train, test, y_test)`` for every set in ADBench's order (or
+    ``names``, or one half).
+    """
     paths = sorted(folder.glob("*.npz"), key=lambda p: int(p.stem.split("_")[0]))
     for path in paths:
         if (names and path.stem not in names) or (only_half and half(path.stem) != only_half):
@@ -197,29 +232,7 @@ def run(
             train, test, _, y_test = train_test_split(
                 x, y, test_size=0.3, stratify=y, random_state=seed
             )
-            for method in methods:
-                with tempfile.TemporaryDirectory() as folder_name:
-                    if method == OURS or method in kinds:
-                        kind = None if method == OURS else method
-                        scores, seconds = fit_aepipe(train, test, Path(folder_name), kind)
-                    else:
-                        scores, seconds = fit_peer(method, seed, train, test)
-                rows.append(
-                    {
-                        "dataset": path.stem,
-                        "seed": seed,
-                        "method": method,
-                        "auroc": auroc(y_test, scores),
-                        "fit_s": seconds,
-                        "finite": bool(np.isfinite(scores).all()),
-                    }
-                )
-                print(
-                    f"{path.stem:16} seed {seed} {method:10} AUROC {rows[-1]['auroc']:.4f} "
-                    f"fit {seconds:7.2f} s",
-                    flush=True,
-                )
-    return pd.DataFrame(rows)
+            yield path.stem, seed, train, test, y_test
 
 
 def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from anomaly import REPO, half  # this folder: the benchmark's halves
+from anomaly import REPO, half, splits  # this folder: the benchmark's protocol
 from score_views import prepare
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 MEMBERS = (1, 3, 5)
 
@@ -64,20 +63,14 @@ def main() -> int:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     rows = []
-    for path in sorted(args.folder.glob("*.npz"), key=lambda p: int(p.stem.split("_")[0])):
-        data = np.load(path)
-        x, y = data["X"].astype(np.float64), data["y"].astype(int)
-        for seed in range(args.seeds):
-            train, test, _, y_test = train_test_split(
-                x, y, test_size=0.3, stratify=y, random_state=seed
-            )
-            scores, seconds = member_scores(train, test, seed)
-            row = {"dataset": path.stem, "half": half(path.stem), "seed": seed}
-            for n in MEMBERS:
-                row[f"auroc_{n}"] = roc_auc_score(y_test, np.mean(scores[:n], axis=0))
-                row[f"fit_s_{n}"] = sum(seconds[:n])
-            row["members_sd"] = np.std([roc_auc_score(y_test, s) for s in scores])
-            rows.append(row)
+    for dataset, seed, train, test, y_test in splits(args.folder, args.seeds):
+        scores, seconds = member_scores(train, test, seed)
+        row = {"dataset": dataset, "half": half(dataset), "seed": seed}
+        for n in MEMBERS:
+            row[f"auroc_{n}"] = roc_auc_score(y_test, np.mean(scores[:n], axis=0))
+            row[f"fit_s_{n}"] = sum(seconds[:n])
+        row["members_sd"] = np.std([roc_auc_score(y_test, s) for s in scores])
+        rows.append(row)
     table = pd.DataFrame(rows).drop(columns="seed").groupby(["half", "dataset"]).mean()
     with pd.option_context("display.width", 200):
         print(table.round(3).to_string())

@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from anomaly import REPO, fit_aepipe, half  # this folder: the benchmark's code path
+from anomaly import REPO, fit_aepipe, half, splits  # this folder: the benchmark's code path
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 NEIGHBOURS = 5
 
@@ -111,21 +110,13 @@ def main() -> int:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     rows = []
-    for path in sorted(args.folder.glob("*.npz"), key=lambda p: int(p.stem.split("_")[0])):
-        if args.half and half(path.stem) != args.half:
-            continue
-        data = np.load(path)
-        x, y = data["X"].astype(np.float64), data["y"].astype(int)
-        for seed in range(args.seeds):
-            train, test, _, y_test = train_test_split(
-                x, y, test_size=0.3, stratify=y, random_state=seed
-            )
-            found = measures(*terms(train, test))
-            rows.append(
-                {"half": half(path.stem), "dataset": path.stem}
-                | {name: roc_auc_score(y_test, values) for name, values in found.items()}
-            )
-            print(path.stem, seed, flush=True)
+    for dataset, seed, train, test, y_test in splits(args.folder, args.seeds, None, args.half):
+        found = measures(*terms(train, test))
+        rows.append(
+            {"half": half(dataset), "dataset": dataset}
+            | {name: roc_auc_score(y_test, values) for name, values in found.items()}
+        )
+        print(dataset, seed, flush=True)
     table = pd.DataFrame(rows).groupby(["half", "dataset"]).mean()
     with pd.option_context("display.width", 200):
         print(table.round(3).to_string())

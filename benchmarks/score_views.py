@@ -58,10 +58,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from anomaly import REPO, half  # this folder: the benchmark's halves
+from anomaly import REPO, half, splits  # this folder: the benchmark's protocol
 from score_terms import kth_distance
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 BOTTLENECKS = {"d8": None, "d4": 4, "d1": 1}  # name: inputs per latent (None: the default)
 DEFAULT = "d8.col+d8.lat|mean"
@@ -165,23 +164,17 @@ def main() -> int:
         return report(pd.read_csv(args.results), args.choose, widths)
     warnings.filterwarnings("ignore")
     rows = []
-    for path in sorted(args.folder.glob("*.npz"), key=lambda p: int(p.stem.split("_")[0])):
-        data = np.load(path)
-        x, y = data["X"].astype(np.float64), data["y"].astype(int)
-        for seed in range(args.seeds):
-            train, test, _, y_test = train_test_split(
-                x, y, test_size=0.3, stratify=y, random_state=seed
-            )
-            start = time.perf_counter()
-            found = views(train, test, seed)
-            row = {"dataset": path.stem, "half": half(path.stem), "seed": seed}
-            for combo in [*combinations(list(found)), ("all",)]:
-                picked = list(found.values()) if combo == ("all",) else [found[c] for c in combo]
-                for fusion in FUSIONS:
-                    score = fuse(fusion, picked)
-                    row[f"{'+'.join(combo)}|{fusion}"] = roc_auc_score(y_test, score)
-            rows.append(row)
-            print(f"{path.stem:20} seed {seed} {time.perf_counter() - start:6.1f} s", flush=True)
+    for dataset, seed, train, test, y_test in splits(args.folder, args.seeds):
+        start = time.perf_counter()
+        found = views(train, test, seed)
+        row = {"dataset": dataset, "half": half(dataset), "seed": seed}
+        for combo in [*combinations(list(found)), ("all",)]:
+            picked = list(found.values()) if combo == ("all",) else [found[c] for c in combo]
+            for fusion in FUSIONS:
+                score = fuse(fusion, picked)
+                row[f"{'+'.join(combo)}|{fusion}"] = roc_auc_score(y_test, score)
+        rows.append(row)
+        print(f"{dataset:20} seed {seed} {time.perf_counter() - start:6.1f} s", flush=True)
     results = pd.DataFrame(rows)
     results.round(4).to_csv(args.csv, index=False)
     return report(results, args.choose, widths)
