@@ -32,7 +32,7 @@ peers: even 0.803, odd 0.743):
   below the best peer on fault, optdigits and SpamBase, and costs three networks, kept
   training rows (for the distances) and ECOD's tails. ``--costs`` measures those: the
   three networks fit slower than PyOD's AutoEncoder on 17 of the 19 sets (1.4x on
-  campaign, 4.3x on musk), against 0.27-0.71x for the default's one; and the distance to
+  campaign, 4.3x on musk), against about 0.3-0.7x for the default's one; and the distance to
   the 5th of 8192 kept rows costs 29-52x the network's pass when a batch is scored.
 - a bottleneck that adapts to the table's width (``d4`` or ``d1`` up to some width, the
   default beyond; the widths read from the folder): chosen on the even half, ``d1`` up to
