@@ -1,0 +1,155 @@
+"""Three bottlenecks for the price of one? One network with nested latents: a probe, by half.
+
+``score_views.py`` found one fusion that holds on both halves: many views of three
+networks (bottlenecks ``d/8``, ``d/4``, ``d``) fused by their maximum. Three networks fit
+slower than PyOD's AutoEncoder on 17 of 19 sets. Here one denoising network of latent
+width ``d`` learns to reconstruct from each prefix of its latents (the first ``d/8``, the
+first ``d/4``, all), the later dimensions zeroed, with the prefixes' losses averaged: the
+first ``d/8`` latents stay a compressed embedding, and each prefix gives the column-error
+and latent-distance views of ``score_views.py``.
+
+For every ADBench set and seed (the protocol of ``anomaly.py``), the six views of three
+separate networks and of the nested one are each fused by their maximum (``max`` of
+``score_views.py``) and compared with the default (the two terms of the ``d/8`` network,
+``mean``), with the fit times.
+
+Measured on 2026-11-25 (seeds 0-2), mean AUROC even / odd: the default 0.774 / 0.728;
+three networks 0.808 / 0.723 at 2.8x / 3.2x the default's fit time; the nested network
+0.796 / 0.730 at 1.7x / 2.3x (7x on musk, 166 columns). The nested network keeps most of
+the even half's gain at about half the cost, but the odd half does not move; and by the
+ratios of ``score_views.py --costs`` it would fit slower than PyOD's AutoEncoder on
+fault, optdigits, satellite, musk and campaign. Not a default. Prints the table; a probe,
+so it sets no target.
+
+    .venv/bin/python benchmarks/score_nested.py ../shared/datasets/adbench
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from anomaly import REPO, half, splits  # this folder: the benchmark's protocol
+from score_views import BOTTLENECKS, fuse, prepare, trained
+from sklearn.metrics import roc_auc_score
+
+from aecore.models import DenoisingAutoencoder
+
+
+class NestedAutoencoder(DenoisingAutoencoder):
+    """A denoising autoencoder that also reconstructs from each prefix of its latents."""
+
+    prefixes: tuple[int, ...] = ()
+
+    def prefix(self, z: torch.Tensor, width: int) -> torch.Tensor:
+        """The latents with every dimension beyond the first ``width`` zeroed."""
+        return torch.cat([z[:, :width], torch.zeros_like(z[:, width:])], dim=1)
+
+    def row_loss(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encode(self.corrupt(x))
+        losses = [self.column_errors(self.decoder(self.prefix(z, p)), x) for p in self.prefixes]
+        return torch.stack([loss.mean(dim=1) for loss in losses]).mean(dim=0)
+
+
+def views_of(
+    latents_and_errors: dict[str, tuple[np.ndarray, np.ndarray]], name: str, trim: float
+) -> dict[str, tuple]:
+    """The column-error and latent-distance views from fitting rows' and test rows' arrays."""
+    from aecore.scorer import AnomalyScorer
+
+    (z_fit, e_fit), (z_test, e_test) = latents_and_errors["fit"], latents_and_errors["test"]
+    found = {}
+    for view, weight in (("col", 0.0), ("lat", 1.0)):
+        scorer = AnomalyScorer(weight, trim=trim).fit(z_fit, e_fit)
+        found[f"{name}.{view}"] = (scorer.score(z_fit, e_fit), scorer.score(z_test, e_test))
+    return found
+
+
+def nested_views(train: np.ndarray, test: np.ndarray, seed: int) -> tuple[dict, float]:
+    """The six views of one nested network, and its fit seconds."""
+    from aecore.config import load_params
+    from aecore.models import default_hidden
+    from aecore.train import train as train_loop
+
+    params = load_params(REPO / "params.yaml")
+    x_fit, x_val, x_test = prepare(train, test, seed, params.normalize.val_fraction)
+    d = x_fit.shape[1]
+    torch.manual_seed(seed)
+    options = {name: getattr(params.model, name) for name in NestedAutoencoder.OPTIONS}
+    model = NestedAutoencoder(d, d, default_hidden(d, d), **options)
+    model.prefixes = tuple(sorted({max(2, round(d / 8)), max(2, round(d / 4)), d}))
+    start = time.perf_counter()
+    train_loop(model, torch.from_numpy(x_fit), torch.from_numpy(x_val), params.train)
+    seconds = time.perf_counter() - start
+    model.eval()
+    found = {}
+    with torch.no_grad():
+        rows = {"fit": torch.from_numpy(x_fit), "test": torch.from_numpy(x_test)}
+        codes = {part: model.encode(x) for part, x in rows.items()}
+        for width in model.prefixes:
+            arrays = {
+                part: (
+                    codes[part][:, :width].numpy(),
+                    model.column_errors(model.decoder(model.prefix(codes[part], width)), x).numpy(),
+                )
+                for part, x in rows.items()
+            }
+            found |= views_of(arrays, f"p{width}", params.evaluate.score_trim)
+    return found, seconds
+
+
+def separate_views(train: np.ndarray, test: np.ndarray, seed: int) -> tuple[dict, dict]:
+    """The six views of three separate networks, and each network's fit seconds."""
+    from aecore.config import load_params
+    from aecore.models import encode_and_reconstruct
+
+    params = load_params(REPO / "params.yaml")
+    x_fit, x_val, x_test = prepare(train, test, seed, params.normalize.val_fraction)
+    found, seconds = {}, {}
+    for name, per_latent in BOTTLENECKS.items():
+        model, seconds[name] = trained(x_fit, x_val, per_latent, seed)
+        parts = {"fit": x_fit, "test": x_test}
+        arrays = {part: encode_and_reconstruct(model, x)[:2] for part, x in parts.items()}
+        found |= views_of(arrays, name, params.evaluate.score_trim)
+    return found, seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="a folder of *.npz files with X and y")
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    rows = []
+    for dataset, seed, train, test, y_test in splits(args.folder, args.seeds):
+        separate, seconds = separate_views(train, test, seed)
+        nested, nested_seconds = nested_views(train, test, seed)
+        default = fuse("mean", [separate["d8.col"], separate["d8.lat"]])
+        rows.append(
+            {
+                "dataset": dataset,
+                "half": half(dataset),
+                "default": roc_auc_score(y_test, default),
+                "three|max": roc_auc_score(y_test, fuse("max", list(separate.values()))),
+                "nested|max": roc_auc_score(y_test, fuse("max", list(nested.values()))),
+                "three_fit_x": sum(seconds.values()) / seconds["d8"],
+                "nested_fit_x": nested_seconds / seconds["d8"],
+            }
+        )
+        print(dataset, seed, flush=True)
+    table = pd.DataFrame(rows).groupby(["half", "dataset"]).mean()
+    with pd.option_context("display.width", 200):
+        print(table.round(3).to_string())
+        print("\nmean by half (fit times: over the default's one network):")
+        print(table.groupby(level="half").mean().round(3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
