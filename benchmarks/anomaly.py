@@ -40,18 +40,23 @@ one-thread processes, then merge; aepipe and PyOD's AutoEncoder stay in one proc
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from targets import verdict  # this folder: the one way a benchmark ends
+
+if TYPE_CHECKING:
+    from aecore.config import Params
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = "aepipe"
@@ -95,9 +100,7 @@ def half(dataset: str) -> str:
 
 def other_kinds() -> list[str]:
     """The model kinds besides params.yaml's default one (which runs as ``aepipe``)."""
-    from aecore.config import load_params
-
-    default = load_params(REPO / "params.yaml").model.kind
+    default = defaults().model.kind
     return [kind for kind in ALL_KINDS if kind != default]
 
 
@@ -212,6 +215,24 @@ def run(
                 flush=True,
             )
     return pd.DataFrame(rows)
+
+
+@functools.cache
+def defaults() -> Params:
+    """params.yaml, read once: the defaults every probe trains and scores with."""
+    from aecore.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+def print_by_half(rows: list[dict], title: str = "mean by half:") -> None:
+    """Average per-run rows (``half``, ``dataset``, figures) by set; print them and each half."""
+    table = pd.DataFrame(rows).drop(columns="seed", errors="ignore")
+    table = table.groupby(["half", "dataset"]).mean()
+    with pd.option_context("display.width", 200):
+        print(table.round(3).to_string())
+        print(f"\n{title}")
+        print(table.groupby(level="half").mean().round(3).to_string())
 
 
 def splits(

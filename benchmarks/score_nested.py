@@ -44,11 +44,9 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
-from anomaly import REPO, half, splits  # this folder: the benchmark's protocol
-from score_views import BOTTLENECKS, fuse, prepare, trained
+from anomaly import defaults, half, print_by_half, splits  # this folder: the protocol
+from score_views import BOTTLENECKS, Rows, fuse, prepare, scorer_views, tails, trained
 from sklearn.metrics import roc_auc_score
 
 from aecore.models import DenoisingAutoencoder
@@ -64,6 +62,10 @@ class NestedAutoencoder(DenoisingAutoencoder):
         """The latents with every dimension beyond the first ``width`` zeroed."""
         return torch.cat([z[:, :width], torch.zeros_like(z[:, width:])], dim=1)
 
+    def prefix_errors(self, x: torch.Tensor, z: torch.Tensor, width: int) -> torch.Tensor:
+        """Errors per column of the rows ``x`` rebuilt from the first ``width`` latents ``z``."""
+        return self.column_errors(self.decoder(self.prefix(z, width)), x)
+
     def row_loss(self, x: torch.Tensor) -> torch.Tensor:
         z = self.encode(self.corrupt(x))
         if self.sampled and self.training:
@@ -71,34 +73,17 @@ class NestedAutoencoder(DenoisingAutoencoder):
             drawn = widths[torch.randint(len(widths), (len(z),), device=z.device)]
             keep = torch.arange(z.shape[1], device=z.device) < drawn[:, None]
             return self.column_errors(self.decoder(z * keep), x).mean(dim=1)
-        losses = [self.column_errors(self.decoder(self.prefix(z, p)), x) for p in self.prefixes]
+        losses = [self.prefix_errors(x, z, p) for p in self.prefixes]
         return torch.stack([loss.mean(dim=1) for loss in losses]).mean(dim=0)
 
 
-def views_of(
-    latents_and_errors: dict[str, tuple[np.ndarray, np.ndarray]], name: str, trim: float
-) -> dict[str, tuple]:
-    """The column-error and latent-distance views from fitting rows' and test rows' arrays."""
-    from aecore.scorer import AnomalyScorer
-
-    (z_fit, e_fit), (z_test, e_test) = latents_and_errors["fit"], latents_and_errors["test"]
-    found = {}
-    for view, weight in (("col", 0.0), ("lat", 1.0)):
-        scorer = AnomalyScorer(weight, trim=trim).fit(z_fit, e_fit)
-        found[f"{name}.{view}"] = (scorer.score(z_fit, e_fit), scorer.score(z_test, e_test))
-    return found
-
-
-def nested_views(
-    train: np.ndarray, test: np.ndarray, seed: int, sampled: bool
-) -> tuple[dict, float]:
+def nested_views(rows: Rows, seed: int, sampled: bool) -> tuple[dict, float]:
     """The six views of one nested network, and its fit seconds."""
-    from aecore.config import load_params
     from aecore.models import default_hidden
     from aecore.train import train as train_loop
 
-    params = load_params(REPO / "params.yaml")
-    x_fit, x_val, x_test = prepare(train, test, seed, params.normalize.val_fraction)
+    params = defaults()
+    x_fit, x_val, x_test = rows
     d = x_fit.shape[1]
     torch.manual_seed(seed)
     options = {name: getattr(params.model, name) for name in NestedAutoencoder.OPTIONS}
@@ -111,46 +96,28 @@ def nested_views(
     model.eval()
     found = {}
     with torch.no_grad():
-        rows = {"fit": torch.from_numpy(x_fit), "test": torch.from_numpy(x_test)}
-        codes = {part: model.encode(x) for part, x in rows.items()}
+        parts = [torch.from_numpy(x) for x in (x_fit, x_test)]
+        codes = [model.encode(x) for x in parts]
         for width in model.prefixes:
-            arrays = {
-                part: (
-                    codes[part][:, :width].numpy(),
-                    model.column_errors(model.decoder(model.prefix(codes[part], width)), x).numpy(),
-                )
-                for part, x in rows.items()
-            }
-            found |= views_of(arrays, f"p{width}", params.evaluate.score_trim)
+            on_fit, on_test = (
+                (z[:, :width].numpy(), model.prefix_errors(x, z, width).numpy())
+                for z, x in zip(codes, parts, strict=True)
+            )
+            found |= scorer_views(f"p{width}", on_fit, on_test)
     return found, seconds
 
 
-def separate_views(train: np.ndarray, test: np.ndarray, seed: int) -> tuple[dict, dict]:
+def separate_views(rows: Rows, seed: int) -> tuple[dict, dict]:
     """The six views of three separate networks, and each network's fit seconds."""
-    from aecore.config import load_params
     from aecore.models import encode_and_reconstruct
 
-    params = load_params(REPO / "params.yaml")
-    x_fit, x_val, x_test = prepare(train, test, seed, params.normalize.val_fraction)
+    x_fit, x_val, x_test = rows
     found, seconds = {}, {}
     for name, per_latent in BOTTLENECKS.items():
         model, seconds[name] = trained(x_fit, x_val, per_latent, seed)
-        parts = {"fit": x_fit, "test": x_test}
-        arrays = {part: encode_and_reconstruct(model, x)[:2] for part, x in parts.items()}
-        found |= views_of(arrays, name, params.evaluate.score_trim)
+        on_fit, on_test = (encode_and_reconstruct(model, x) for x in (x_fit, x_test))
+        found |= scorer_views(name, on_fit, on_test)
     return found, seconds
-
-
-def tail_view(train: np.ndarray, test: np.ndarray, seed: int) -> tuple:
-    """ECOD's marginal tails of the fitting and the test rows (no network)."""
-    from pyod.models.ecod import ECOD
-
-    from aecore.config import load_params
-
-    val_fraction = load_params(REPO / "params.yaml").normalize.val_fraction
-    x_fit, _, x_test = prepare(train, test, seed, val_fraction)
-    ecod = ECOD().fit(x_fit)
-    return ecod.decision_scores_, ecod.decision_function(x_test)
 
 
 def main() -> int:
@@ -161,11 +128,12 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     rows = []
     for dataset, seed, train, test, y_test in splits(args.folder, args.seeds):
-        separate, seconds = separate_views(train, test, seed)
-        nested, nested_seconds = nested_views(train, test, seed, sampled=False)
-        drawn, drawn_seconds = nested_views(train, test, seed, sampled=True)
+        prepared = prepare(train, test, seed)
+        separate, seconds = separate_views(prepared, seed)
+        nested, nested_seconds = nested_views(prepared, seed, sampled=False)
+        drawn, drawn_seconds = nested_views(prepared, seed, sampled=True)
         default = fuse("mean", [separate["d8.col"], separate["d8.lat"]])
-        tails = tail_view(train, test, seed)
+        tail = tails(prepared[0], prepared[2])
         rows.append(
             {
                 "dataset": dataset,
@@ -173,19 +141,15 @@ def main() -> int:
                 "default": roc_auc_score(y_test, default),
                 "three|max": roc_auc_score(y_test, fuse("max", list(separate.values()))),
                 "nested|max": roc_auc_score(y_test, fuse("max", list(nested.values()))),
-                "nested+tail|max": roc_auc_score(y_test, fuse("max", [*nested.values(), tails])),
-                "drawn+tail|max": roc_auc_score(y_test, fuse("max", [*drawn.values(), tails])),
+                "nested+tail|max": roc_auc_score(y_test, fuse("max", [*nested.values(), tail])),
+                "drawn+tail|max": roc_auc_score(y_test, fuse("max", [*drawn.values(), tail])),
                 "three_fit_x": sum(seconds.values()) / seconds["d8"],
                 "nested_fit_x": nested_seconds / seconds["d8"],
                 "drawn_fit_x": drawn_seconds / seconds["d8"],
             }
         )
         print(dataset, seed, flush=True)
-    table = pd.DataFrame(rows).groupby(["half", "dataset"]).mean()
-    with pd.option_context("display.width", 200):
-        print(table.round(3).to_string())
-        print("\nmean by half (fit times: over the default's one network):")
-        print(table.groupby(level="half").mean().round(3).to_string())
+    print_by_half(rows, "mean by half (fit times: over the default's one network):")
     return 0
 
 

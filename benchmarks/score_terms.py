@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from anomaly import REPO, fit_aepipe, half, splits  # this folder: the benchmark's code path
+from anomaly import REPO, fit_aepipe, half, print_by_half, splits  # this folder
 from sklearn.metrics import roc_auc_score
 
 NEIGHBOURS = 5
@@ -117,10 +117,7 @@ def main() -> int:
             | {name: roc_auc_score(y_test, values) for name, values in found.items()}
         )
         print(dataset, seed, flush=True)
-    table = pd.DataFrame(rows).groupby(["half", "dataset"]).mean()
-    with pd.option_context("display.width", 200):
-        print(table.round(3).to_string())
-        print(table.groupby(level="half").mean().round(3).to_string())
+    print_by_half(rows)
     return 0
 
 

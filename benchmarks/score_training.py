@@ -29,26 +29,27 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from anomaly import REPO, half, splits  # this folder: the benchmark's protocol
-from score_views import prepare
+from anomaly import defaults, half, print_by_half, splits  # this folder: the protocol
+from score_views import Rows, prepare
 from sklearn.metrics import roc_auc_score
 
 MEMBERS = (1, 3, 5)
 
 
 def default_score(
-    train: np.ndarray, test: np.ndarray, seed: int, member: int, epochs: int | None = None
+    rows: Rows, seed: int, member: int, epochs: int | None = None
 ) -> tuple[np.ndarray, float]:
-    """The test rows' default score over its training mean, and the seconds of the fit."""
-    from aecore.config import load_params
+    """The test rows' default score over its training mean, and the seconds of the fit.
+
+    ``rows``: the fitting, validation and test rows of ``score_views.prepare``.
+    """
     from aecore.models import build_model, encode_and_reconstruct
     from aecore.scorer import AnomalyScorer
     from aecore.train import train as train_loop
 
-    params = load_params(REPO / "params.yaml")
-    x_fit, x_val, x_test = prepare(train, test, seed, params.normalize.val_fraction)
+    params = defaults()
+    x_fit, x_val, x_test = rows
     settings = params.train if epochs is None else dataclasses.replace(params.train, epochs=epochs)
     torch.manual_seed(seed + 100 * member)
     model = build_model(params.model, x_fit.shape[1])
@@ -72,22 +73,19 @@ def main() -> int:
     rows = []
     for dataset, seed, train, test, y_test in splits(args.folder, args.seeds):
         row = {"dataset": dataset, "half": half(dataset), "seed": seed}
-        members = [default_score(train, test, seed, m) for m in range(max(MEMBERS))]
+        prepared = prepare(train, test, seed)
+        members = [default_score(prepared, seed, m) for m in range(max(MEMBERS))]
         scores = [score for score, _ in members]
         for n in MEMBERS:
             row[f"auroc_{n}"] = roc_auc_score(y_test, np.mean(scores[:n], axis=0))
             row[f"fit_s_{n}"] = sum(seconds for _, seconds in members[:n])
         row["members_sd"] = np.std([roc_auc_score(y_test, s) for s in scores])
         for epochs in budgets:
-            score, _ = default_score(train, test, seed, 0, epochs)
+            score, _ = default_score(prepared, seed, 0, epochs)
             row[f"epochs_{epochs}"] = roc_auc_score(y_test, score)
         rows.append(row)
         print(dataset, seed, flush=True)
-    table = pd.DataFrame(rows).drop(columns="seed").groupby(["half", "dataset"]).mean()
-    with pd.option_context("display.width", 200):
-        print(table.round(3).to_string())
-        print("\nmean by half:")
-        print(table.groupby(level="half").mean().round(3).to_string())
+    print_by_half(rows)
     return 0
 
 

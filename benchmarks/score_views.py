@@ -62,17 +62,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from anomaly import REPO, half, splits  # this folder: the benchmark's protocol
+from anomaly import REPO, defaults, half, splits  # this folder: the benchmark's protocol
 from score_terms import kth_distance
 from sklearn.metrics import roc_auc_score
 
 BOTTLENECKS = {"d8": None, "d4": 4, "d1": 1}  # name: inputs per latent (None: the default)
 DEFAULT = "d8.col+d8.lat|mean"
+Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # the fitting, validation and test rows
 SUMMARY = REPO / "benchmarks" / "results" / "anomaly_adbench.summary.csv"
 
 
-def prepare(train: np.ndarray, test: np.ndarray, seed: int, val_fraction: float) -> tuple:
-    """The fitting, validation and test rows, z-scored on the training part, as float32."""
+def prepare(train: np.ndarray, test: np.ndarray, seed: int) -> Rows:
+    """The fitting, validation and test rows, z-scored on the training part, as float32.
+
+    ``normalize.val_fraction`` of the training rows are held out for validation.
+    """
+    val_fraction = defaults().normalize.val_fraction
     mean, std = train.mean(axis=0), train.std(axis=0)
     x_train, x_test = ((part - mean) / np.where(std > 0, std, 1) for part in (train, test))
     x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
@@ -83,26 +88,39 @@ def prepare(train: np.ndarray, test: np.ndarray, seed: int, val_fraction: float)
 
 def views(train: np.ndarray, test: np.ndarray, seed: int) -> dict[str, tuple]:
     """Every view of the training and test rows: ``{name: (on_train, on_test)}``."""
-    from pyod.models.ecod import ECOD
-
-    from aecore.config import load_params
     from aecore.models import encode_and_reconstruct
-    from aecore.scorer import AnomalyScorer
 
-    params = load_params(REPO / "params.yaml")
-    x_fit, x_val, x_test = prepare(train, test, seed, params.normalize.val_fraction)
+    x_fit, x_val, x_test = prepare(train, test, seed)
     found: dict[str, tuple] = {}
     for name, per_latent in BOTTLENECKS.items():
         model, _ = trained(x_fit, x_val, per_latent, seed)
         on_fit, on_test = (encode_and_reconstruct(model, x) for x in (x_fit, x_test))
-        for view, weight in (("col", 0.0), ("lat", 1.0)):
-            scorer = AnomalyScorer(weight, trim=params.evaluate.score_trim).fit(*on_fit)
-            found[f"{name}.{view}"] = (scorer.score(*on_fit), scorer.score(*on_test))
+        found |= scorer_views(name, on_fit, on_test)
         found[f"{name}.knn"] = neighbours(on_fit[0], on_test[0], whiten=True)
+    found["tail"] = tails(x_fit, x_test)
+    found["knn"] = neighbours(x_fit, x_test, whiten=False)
+    return found
+
+
+def tails(x_fit: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ECOD's marginal tails of the fitting and the test rows, shifted to be positive."""
+    from pyod.models.ecod import ECOD
+
     ecod = ECOD().fit(x_fit)
     low = ecod.decision_scores_.min() - 1e-3  # positive, for the mean fusion
-    found["tail"] = (ecod.decision_scores_ - low, ecod.decision_function(x_test) - low)
-    found["knn"] = neighbours(x_fit, x_test, whiten=False)
+    return ecod.decision_scores_ - low, ecod.decision_function(x_test) - low
+
+
+def scorer_views(name: str, on_fit: tuple, on_test: tuple) -> dict[str, tuple]:
+    """``<name>.col`` and ``<name>.lat``: the score's two terms alone, as ``AnomalyScorer``
+    measures them from latents and column errors (of the fitting rows, then the test rows).
+    """
+    from aecore.scorer import AnomalyScorer
+
+    found = {}
+    for view, weight in (("col", 0.0), ("lat", 1.0)):
+        scorer = AnomalyScorer(weight, trim=defaults().evaluate.score_trim).fit(*on_fit)
+        found[f"{name}.{view}"] = (scorer.score(*on_fit), scorer.score(*on_test))
     return found
 
 
@@ -110,11 +128,10 @@ def trained(
     x_fit: np.ndarray, x_val: np.ndarray, per_latent: int | None, seed: int
 ) -> tuple[torch.nn.Module, float]:
     """A network of the defaults with ``d / per_latent`` latents, trained; and its seconds."""
-    from aecore.config import load_params
     from aecore.models import build_model
     from aecore.train import train as train_loop
 
-    params = load_params(REPO / "params.yaml")
+    params = defaults()
     d = x_fit.shape[1]
     latent_dim = None if per_latent is None else max(2, round(d / per_latent))
     torch.manual_seed(seed)
@@ -126,14 +143,13 @@ def trained(
 
 def costs(folder: Path) -> int:
     """What every view would cost aepipe: the three networks' fit time, the neighbours'."""
-    from aecore.config import load_params
     from aecore.models import build_model, encode_and_reconstruct
 
-    params = load_params(REPO / "params.yaml")
+    params = defaults()
     peers = pd.read_csv(SUMMARY, index_col=0)["pyod_ae_fit_s"]
     rows = []
     for dataset, seed, train, test, _ in splits(folder, 1):
-        x_fit, x_val, _ = prepare(train, test, seed, params.normalize.val_fraction)
+        x_fit, x_val, _ = prepare(train, test, seed)
         seconds = {name: trained(x_fit, x_val, per, seed)[1] for name, per in BOTTLENECKS.items()}
         rows.append({"dataset": dataset, "d8_s": seconds["d8"], "three_s": sum(seconds.values())})
     table = pd.DataFrame(rows).set_index("dataset")
