@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "AepipeError": "aecore.errors",
     "AnomalyScorer": "aecore.scorer",
+    "FusedScorer": "aecore.scorer",
     "Layout": "aecore.layout",
     "Normalizer": "aecore.normalize",
     "Params": "aecore.config",
@@ -20,6 +21,7 @@ _PUBLIC = {
     "STAGES": "aecore.pipeline",
     "encode_and_reconstruct": "aecore.models",
     "load_model": "aecore.models",
+    "model_outputs": "aecore.models",
     "load_params": "aecore.config",
     "read_latents": "aecore.export",
     "read_metadata": "aecore.export",
@@ -31,6 +33,7 @@ __all__ = [
     "STAGES",
     "AepipeError",
     "AnomalyScorer",
+    "FusedScorer",
     "Layout",
     "Normalizer",
     "Params",
@@ -38,6 +41,7 @@ __all__ = [
     "encode_and_reconstruct",
     "load_model",
     "load_params",
+    "model_outputs",
     "read_latents",
     "read_metadata",
     "resolve_params",
@@ -50,11 +54,11 @@ if TYPE_CHECKING:
     from aecore.errors import AepipeError
     from aecore.export import read_latents, read_metadata
     from aecore.layout import Layout
-    from aecore.models import encode_and_reconstruct, load_model
+    from aecore.models import encode_and_reconstruct, load_model, model_outputs
     from aecore.normalize import Normalizer
     from aecore.pipeline import STAGES, run_stage
     from aecore.score import score_batch
-    from aecore.scorer import AnomalyScorer, Reference
+    from aecore.scorer import AnomalyScorer, FusedScorer, Reference
 
 
 def __getattr__(name: str) -> Any:

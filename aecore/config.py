@@ -19,6 +19,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NORMALIZE_METHODS = ("zscore", "minmax", "robust")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TASK_RUNNERS = ("local", "dask")
+SCORES = ("fused", "weighted")  # evaluate.score: aecore.scorer's two anomaly scores
 KIND_NAMES = ("dense", "denoising", "sparse", "vae")  # aecore.models.MODEL_KINDS' keys
 
 
@@ -59,6 +60,7 @@ class ModelConfig:
     sparsity_weight: float
     beta: float
     kl_warmup_epochs: int
+    nested: bool
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class EvaluateConfig:
     """How the anomaly score and its threshold are fitted."""
 
     threshold_quantile: float
+    score: str
     latent_weight: float
     kl_weight: float
     score_trim: float
@@ -239,6 +242,7 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
             "null (auto) or at least 1",
         ),
         ("train.trim_fraction", 0 <= params.train.trim_fraction < 1, "in [0, 1)"),
+        ("evaluate.score", params.evaluate.score in SCORES, str(SCORES)),
         ("evaluate.latent_weight", 0 <= params.evaluate.latent_weight <= 1, "in [0, 1]"),
         ("evaluate.kl_weight", params.evaluate.kl_weight >= 0, "0 or more"),
         ("evaluate.score_trim", 0 <= params.evaluate.score_trim < 1, "in [0, 1)"),

@@ -13,10 +13,10 @@ import torch
 
 from aecore.config import EvaluateConfig
 from aecore.io import write_json
-from aecore.models import EVAL_BATCH, encode_and_reconstruct, load_model, row_errors
+from aecore.models import EVAL_BATCH, load_model, model_outputs, row_errors
 from aecore.normalize import Normalizer, load_samples
 from aecore.schema import read_schema
-from aecore.scorer import AnomalyScorer, Reference
+from aecore.scorer import AnomalyScorer, FusedScorer, Reference
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 PLOT_ROWS = 20_000  # points in the latent map: more only hides each other
@@ -135,12 +135,14 @@ def evaluate(
     train, val = samples["train"], samples["val"]
     model = load_model(model_path)
     k = model.k
-    train_latents, train_errors, train_kl = encode_and_reconstruct(model, train.x)
-    latents, feature_errors, kl = encode_and_reconstruct(model, val.x)
-    scorer = AnomalyScorer(config.latent_weight, config.kl_weight, config.score_trim)
-    scorer.fit(train_latents, train_errors, train_kl)
-    scores = scorer.score(latents, feature_errors, kl)
-    train_scores = scorer.score(train_latents, train_errors, train_kl)
+    scorer = make_scorer(config)
+    train_outputs = model_outputs(model, train.x, scorer.every_prefix)
+    outputs = model_outputs(model, val.x, scorer.every_prefix)
+    scorer.fit_rows(train_outputs, train.x)
+    scores = scorer.score_rows(outputs, val.x)
+    train_scores = scorer.score_rows(train_outputs, train.x)
+    train_latents, latents = train_outputs.embedding, outputs.embedding
+    feature_errors = outputs.errors[0]
     threshold = fit_threshold(scores, config.threshold_quantile)
     val_errors = row_errors(feature_errors)
     recon_mse = float(feature_errors.mean(dtype=np.float64))
@@ -198,8 +200,15 @@ def evaluate(
     return metrics
 
 
+def make_scorer(config: EvaluateConfig) -> AnomalyScorer | FusedScorer:
+    """The unfitted anomaly score that ``evaluate.score`` names."""
+    if config.score == "fused":
+        return FusedScorer(config.score_trim, kl=config.kl_weight > 0)
+    return AnomalyScorer(config.latent_weight, config.kl_weight, config.score_trim)
+
+
 def scoring_reference(
-    schema: dict, threshold: float, val_errors: np.ndarray, scorer: AnomalyScorer
+    schema: dict, threshold: float, val_errors: np.ndarray, scorer: AnomalyScorer | FusedScorer
 ) -> Reference:
     """What scoring new rows needs besides the weights and the normalizer.
 

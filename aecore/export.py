@@ -26,7 +26,7 @@ from aecore.io import (
     temporary_prefix,
 )
 from aecore.layout import CURRENT, UNREGISTERED, current_version
-from aecore.models import encode_and_reconstruct, load_model, row_errors
+from aecore.models import load_model, model_outputs, row_errors
 from aecore.normalize import iter_features
 from aecore.schema import Mapper, read_schema
 from aecore.scorer import Reference
@@ -39,26 +39,23 @@ TOP_FEATURES = 3
 
 
 def latent_columns(
-    latents: np.ndarray,
-    feature_errors: np.ndarray,
-    reference: Reference,
-    quantize: bool = False,
-    kl: np.ndarray | None = None,
-) -> dict[str, pa.Array]:
-    """The scored columns: latents, ``recon_error``, ``anomaly_score``, flag, top features.
+    model: torch.nn.Module, x: np.ndarray, reference: Reference, quantize: bool = False
+) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """The scored columns of the rows ``x`` (model inputs), and their latents ``(n, k)``.
 
     ``z0 … z{k-1}``, ``recon_error``, ``anomaly_score``, ``is_anomaly``, ``top_features``.
 
     Args:
-        latents: ``(n, k)``.
-        feature_errors: reconstruction error per source column ``(n, columns)``.
+        model: the trained model.
+        x: the normalized rows ``(n, d)``.
         reference: the scoring reference of the evaluate stage: feature names, the
             anomaly score and its threshold.
         quantize: latents as float16.
-        kl: each row's KL divergence ``(n,)`` (zero but for a VAE).
     """
+    outputs = model_outputs(model, x, reference.scorer.every_prefix)
+    latents, feature_errors = outputs.embedding, outputs.errors[0]
     scaled = reference.scorer.scaled_errors(feature_errors)
-    scores = reference.scorer.score(latents, feature_errors, kl, scaled)
+    scores = reference.scorer.score_rows(outputs, x)
     z_type = np.float16 if quantize else np.float32
     columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}
     columns["recon_error"] = pa.array(row_errors(feature_errors))
@@ -66,7 +63,7 @@ def latent_columns(
     # a row whose score cannot be computed (an infinite input) is flagged, never passed
     columns["is_anomaly"] = pa.array(~(scores <= reference.threshold))
     columns["top_features"] = top_features(scaled, reference.features)
-    return columns
+    return columns, latents
 
 
 def top_features(
@@ -231,8 +228,7 @@ def scored_tables(
     schema = read_schema(processed_file)
     passthrough = [c for c in (schema["id_col"], schema["label_col"]) if c]
     for batch, x in iter_features(processed_file, passthrough, batch_rows):
-        latents, feature_errors, kl = encode_and_reconstruct(model, x)
-        scored = latent_columns(latents, feature_errors, reference, quantize, kl)
+        scored, _ = latent_columns(model, x, reference, quantize)
         columns = {name: batch.column(i) for i, name in enumerate(passthrough)}
         yield pa.table({**columns, **scored})
 

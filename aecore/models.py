@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -88,11 +89,27 @@ class ColumnErrors(nn.Module):
         return errors
 
 
+def nested_widths(d: int, k: int, hidden: tuple[int, ...]) -> tuple[int, ...]:
+    """The wider latent prefixes a nested model also reconstructs from, beyond its ``k``.
+
+    A quarter of the inputs, then every input, at most the last hidden width (a latent
+    wider than the layer before it adds nothing but cost); the widths above ``k``.
+    """
+    widest = min(d, hidden[-1] if hidden else d)
+    return tuple(sorted({w for w in (round(d / 4), widest) if k < w <= widest}))
+
+
 class DenseAutoencoder(nn.Module):
     """A deep dense autoencoder: ``d -> hidden -> k -> reversed(hidden) -> d``.
 
     ``blocks`` describes the inputs per source column (see ``Normalizer.blocks``); by
     default every input is one numeric column.
+
+    Nested (``widths``, wider than ``k``): the code has ``max(widths)`` latents, and the
+    decoder learns to rebuild a row from each prefix of them, the later latents zeroed
+    (one prefix drawn per row and step). The first ``k`` stay the compressed embedding:
+    ``forward`` and ``errors`` rebuild from them; the wider prefixes are views of the
+    row for the anomaly score (``prefix_errors``).
     """
 
     kind = "dense"
@@ -105,6 +122,7 @@ class DenseAutoencoder(nn.Module):
         k: int,
         hidden: tuple[int, ...],
         blocks: list[tuple[str, int]] | None = None,
+        widths: tuple[int, ...] | list[int] = (),
         **options: float,
     ) -> None:
         super().__init__()
@@ -120,18 +138,44 @@ class DenseAutoencoder(nn.Module):
         if sum(width for _, width in blocks) != d:
             message = f"model: blocks cover {sum(w for _, w in blocks)} inputs, not {d}"
             raise AepipeError(message)
+        if any(w <= k for w in widths):
+            message = f"model: nested widths {list(widths)} must all exceed k={k}"
+            raise AepipeError(message)
         shape = {"d": d, "k": k, "hidden": list(hidden), "blocks": [list(b) for b in blocks]}
+        if widths:
+            shape["widths"] = sorted(widths)
         self.spec = shape | options  # everything that rebuilds the model on load
         for name, value in options.items():
             setattr(self, name, value)
         self.k = k
-        self.encoder = make_layers([d, *hidden, self.OUTPUTS_PER_LATENT * k])
-        self.decoder = make_layers([k, *reversed(hidden), d])
+        self.prefixes = (k, *sorted(widths))  # the latent widths the decoder rebuilds from
+        width = self.prefixes[-1]
+        self.encoder = make_layers([d, *hidden, self.OUTPUTS_PER_LATENT * width])
+        self.decoder = make_layers([width, *reversed(hidden), d])
         self.column_errors = ColumnErrors(blocks)
         self.epoch = 0
 
-    def encode(self, x: Tensor) -> Tensor:  # (n, d) -> (n, k)
+    def encode(self, x: Tensor) -> Tensor:  # (n, d) -> (n, max(prefixes))
         return self.encoder(x)
+
+    def decode(self, z: Tensor, width: int | None = None) -> Tensor:  # -> (n, d)
+        """Rebuild rows from the first ``width`` latents of ``z`` (``k`` when None).
+
+        In training, a nested model draws the width per row among its prefixes.
+        """
+        if len(self.prefixes) == 1:
+            return self.decoder(z)
+        if width is None and self.training:
+            widths = torch.tensor(self.prefixes, device=z.device)
+            drawn = widths[torch.randint(len(widths), (len(z),), device=z.device)]
+            keep = torch.arange(z.shape[1], device=z.device) < drawn[:, None]
+            return self.decoder(z * keep)
+        keep = torch.arange(z.shape[1], device=z.device) < (width or self.k)
+        return self.decoder(z * keep)
+
+    def prefix_errors(self, x: Tensor, z: Tensor, width: int) -> Tensor:  # -> (n, columns)
+        """The error per source column of rows rebuilt from the first ``width`` latents."""
+        return self.column_errors(self.decode(z, width), x)
 
     def encode_with_kl(self, x: Tensor) -> tuple[Tensor, Tensor]:  # -> (n, k), (n,)
         """The latents and each row's KL divergence from the prior: zero but for a VAE."""
@@ -139,11 +183,11 @@ class DenseAutoencoder(nn.Module):
         return z, z.new_zeros(len(z))
 
     def forward(self, x: Tensor) -> Tensor:  # (n, d) -> (n, d)
-        return self.decoder(self.encode(x))
+        return self.decode(self.encode(x))
 
     def errors(self, x: Tensor, z: Tensor | None = None) -> Tensor:  # -> (n, columns)
         """The reconstruction error of each row per source column, from ``z`` when given."""
-        return self.column_errors(self.decoder(self.encode(x) if z is None else z), x)
+        return self.prefix_errors(x, self.encode(x) if z is None else z, self.k)
 
     def row_loss(self, x: Tensor) -> Tensor:
         """The training loss of each row ``(n,)``; the loop averages it, trimmed or not."""
@@ -169,7 +213,7 @@ class DenoisingAutoencoder(DenseAutoencoder):
         return (x + self.noise_std * torch.randn_like(x)) * keep
 
     def row_loss(self, x: Tensor) -> Tensor:
-        return self.column_errors(self.decoder(self.encode(self.corrupt(x))), x).mean(dim=1)
+        return self.column_errors(self.decode(self.encode(self.corrupt(x))), x).mean(dim=1)
 
 
 class SparseAutoencoder(DenseAutoencoder):
@@ -181,7 +225,7 @@ class SparseAutoencoder(DenseAutoencoder):
 
     def row_loss(self, x: Tensor) -> Tensor:
         z = self.encode(x)
-        reconstruction = self.column_errors(self.decoder(z), x).mean(dim=1)
+        reconstruction = self.column_errors(self.decode(z), x).mean(dim=1)
         return reconstruction + self.sparsity_weight * z.abs().mean(dim=1)
 
 
@@ -224,7 +268,7 @@ class VariationalAutoencoder(DenseAutoencoder):
     def row_loss(self, x: Tensor) -> Tensor:
         mu, log_var = self.moments(x)
         z = mu + (0.5 * log_var).exp() * torch.randn_like(mu)  # the reparameterization trick
-        errors = self.column_errors(self.decoder(z), x)
+        errors = self.column_errors(self.decode(z), x)
         kl = kl_divergence(mu, log_var) / errors.shape[1]  # per column, as the error is
         return errors.mean(dim=1) + self.kl_weight() * kl
 
@@ -235,32 +279,73 @@ MODEL_KINDS: dict[str, type[DenseAutoencoder]] = {
 }
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What a model gives of rows: its latents, errors per source column per prefix, KL.
+
+    ``latents`` ``(n, max(prefixes))``; ``errors`` one ``(n, columns)`` array per latent
+    prefix the rows were rebuilt from (the first: the ``k`` of the embedding); ``kl``
+    ``(n,)``, each row's KL divergence from the prior (zero but for a VAE).
+    """
+
+    latents: np.ndarray
+    errors: tuple[np.ndarray, ...]
+    kl: np.ndarray
+    prefixes: tuple[int, ...]
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """The compressed embedding ``(n, k)``: the first ``k`` latents."""
+        return self.latents[:, : self.prefixes[0]]
+
+
 @torch.no_grad()
-def encode_and_reconstruct(
-    model: nn.Module, x: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the latents ``(n, k)``, errors per source column ``(n, columns)`` and KL ``(n,)``.
+def model_outputs(model: nn.Module, x: np.ndarray, every_prefix: bool = True) -> Outputs:
+    """The latents, errors per source column and KL of the rows ``x``.
 
     A numeric column's error is its squared error, a one-hot column's its cross-entropy.
-    The KL divergence of each row's posterior from the prior is zero but for a VAE.
+    ``every_prefix``: the errors from each latent prefix of a nested model, else from
+    the first ``k`` latents alone.
 
     Runs in float32 on the model's device, in large slices, so every caller (the
     export, the evaluation and the registered model) gets the same numbers.
     """
     model.eval()
     device = next(model.parameters()).device
-    latents, errors, kls = [], [], []
+    prefixes = tuple(model.prefixes) if every_prefix else (model.k,)
+    latents, kls = [], []
+    errors: list[list[np.ndarray]] = [[] for _ in prefixes]
     for rows in torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(EVAL_BATCH):
         rows = rows.to(device)
         z, kl = model.encode_with_kl(rows)
         latents.append(z.float().cpu().numpy())
-        errors.append(model.errors(rows, z).float().cpu().numpy())
+        for found, width in zip(errors, prefixes, strict=True):
+            found.append(model.prefix_errors(rows, z, width).float().cpu().numpy())
         kls.append(kl.float().cpu().numpy())
     if not latents:
-        columns = model.column_errors.columns
-        empty = np.zeros((0, model.k), np.float32), np.zeros((0, columns), np.float32)
-        return *empty, np.zeros(0, np.float32)
-    return np.concatenate(latents), np.concatenate(errors), np.concatenate(kls)
+        width, columns = model.prefixes[-1], model.column_errors.columns
+        empty = np.zeros((0, columns), np.float32)
+        return Outputs(
+            np.zeros((0, width), np.float32), (empty,) * len(prefixes), np.zeros(0), prefixes
+        )
+    return Outputs(
+        np.concatenate(latents),
+        tuple(np.concatenate(found) for found in errors),
+        np.concatenate(kls),
+        prefixes,
+    )
+
+
+def encode_and_reconstruct(
+    model: nn.Module, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the latents ``(n, k)``, errors per source column ``(n, columns)`` and KL ``(n,)``.
+
+    The embedding and the rows rebuilt from it (``model_outputs`` without the wider
+    prefixes of a nested model).
+    """
+    outputs = model_outputs(model, x, every_prefix=False)
+    return outputs.embedding, outputs.errors[0], outputs.kl
 
 
 def row_errors(feature_errors: np.ndarray) -> np.ndarray:
@@ -279,7 +364,8 @@ def build_model(
     k = config.latent_dim or default_latent_dim(d)
     hidden = config.hidden or default_hidden(d, k)
     options = {name: getattr(config, name) for name in cls.OPTIONS}
-    return cls(d, k, tuple(hidden), blocks, **options)
+    widths = nested_widths(d, k, tuple(hidden)) if config.nested else ()
+    return cls(d, k, tuple(hidden), blocks, widths, **options)
 
 
 def model_spec(model: DenseAutoencoder) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from aecore.export import latent_columns
 from aecore.io import file_digest
-from aecore.models import encode_and_reconstruct, load_model
+from aecore.models import load_model
 from aecore.normalize import Normalizer
 from aecore.scorer import Reference
 
@@ -44,8 +44,7 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         ``top_features``, in the input's row order and index.
         """
         x = self.normalizer.transform(pd.DataFrame(model_input), source="model input")
-        latents, feature_errors, kl = encode_and_reconstruct(self.model, x)
-        columns = latent_columns(latents, feature_errors, self.reference, kl=kl)
+        columns, _ = latent_columns(self.model, x, self.reference)
         return pd.DataFrame(
             {name: column.to_numpy(zero_copy_only=False) for name, column in columns.items()},
             index=model_input.index,

@@ -23,7 +23,6 @@ from aecore.io import (
     redact_url,
     temporary_prefix,
 )
-from aecore.models import encode_and_reconstruct
 from aecore.normalize import Normalizer
 from aecore.schema import ROW_ID, Mapper, column_kind, is_numeric
 from aecore.scorer import Reference
@@ -302,12 +301,11 @@ def scored_tables(
         if batch.num_rows == 0:
             continue
         x = normalizer.transform(batch, shown, infinite)
-        latents, feature_errors, kl = encode_and_reconstruct(model, x)
         columns = {c: batch.column(c) for c in passthrough}
         if id_col == ROW_ID:
             columns = {ROW_ID: pa.array(np.arange(row, row + batch.num_rows)), **columns}
         row += batch.num_rows
-        scored = latent_columns(latents, feature_errors, reference, kl=kl)
+        scored, latents = latent_columns(model, x, reference)
         yield pa.table({**columns, **scored}), latents
 
 

@@ -1,4 +1,4 @@
-"""The anomaly score and what scoring needs: ``AnomalyScorer`` and ``Reference``."""
+"""The anomaly score and what scoring needs: ``FusedScorer``, ``AnomalyScorer``, ``Reference``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from aecore.io import reading_state, write_json
+
+if TYPE_CHECKING:
+    from aecore.models import Outputs
+
+TAIL_POINTS = 40  # quantiles spaced geometrically in each tail, down to 1 / (rows + 1)
+BODY_POINTS = 91  # quantiles spaced evenly between the tails (every 1 % of 5 % to 95 %)
 
 
 @dataclass
@@ -31,6 +37,7 @@ class AnomalyScorer:
     latent_weight: float
     kl_weight: float = 0.0
     trim: float = 0.0
+    every_prefix: ClassVar[bool] = False  # the errors of the embedding alone
     column_scale_: np.ndarray = field(default_factory=lambda: np.zeros(0))
     latent_mean_: np.ndarray = field(default_factory=lambda: np.zeros(0))
     latent_std_: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -98,19 +105,29 @@ class AnomalyScorer:
         Raises:
             ValueError: the score weighs the KL divergence and ``kl`` is missing.
         """
-        if scaled is None:
-            scaled = self.scaled_errors(errors)
-        term = scaled.mean(axis=1, dtype=np.float64)
-        offset = latents - self.latent_mean_
-        distance = ((offset @ self.latent_precision_) * offset).sum(axis=1)
-        score = (1 - self.latent_weight) * term
-        score += self.latent_weight * distance / max(latents.shape[1], 1)
+        score = np.zeros(len(latents))
+        if self.latent_weight < 1:
+            if scaled is None:
+                scaled = self.scaled_errors(errors)
+            score += (1 - self.latent_weight) * scaled.mean(axis=1, dtype=np.float64)
+        if self.latent_weight > 0:
+            offset = latents - self.latent_mean_
+            distance = ((offset @ self.latent_precision_) * offset).sum(axis=1)
+            score += self.latent_weight * distance / max(latents.shape[1], 1)
         if self.kl_weight:
             if kl is None:
                 message = "AnomalyScorer.score: the score weighs the KL divergence; pass kl"
                 raise ValueError(message)
             score += self.kl_weight * kl / self.kl_scale_
         return score.astype(np.float32)
+
+    def fit_rows(self, outputs: Outputs, x: np.ndarray) -> AnomalyScorer:
+        """Fit on training rows from the model's ``outputs`` (``x``, the inputs, unused)."""
+        return self.fit(outputs.embedding, outputs.errors[0], outputs.kl)
+
+    def score_rows(self, outputs: Outputs, x: np.ndarray) -> np.ndarray:
+        """The anomaly score of each row ``(n,)`` from the model's ``outputs``."""
+        return self.score(outputs.embedding, outputs.errors[0], outputs.kl)
 
     def to_dict(self) -> dict[str, Any]:
         """The fitted state as JSON-ready values (the keys of reference.json)."""
@@ -139,6 +156,220 @@ class AnomalyScorer:
         )
 
 
+def tail_probabilities(rows: int) -> np.ndarray:
+    """Probabilities at which a distribution is kept: dense in both tails, to ``1 / (rows + 1)``."""
+    least = 1 / (rows + 1)
+    tail = np.geomspace(least, 0.05, TAIL_POINTS, endpoint=False)
+    return np.concatenate([tail, np.linspace(0.05, 0.95, BODY_POINTS), (1 - tail)[::-1]])
+
+
+@dataclass
+class Surprise:
+    """How surprising a value of one view is among the training rows' values.
+
+    ``-log(1 - q)``, ``q`` the value's quantile among them: 0 at the least value, 1 at
+    the 63rd percentile, ``log(rows + 1)`` at the largest, and continued linearly beyond
+    it (at the slope between the 90th percentile and the largest), so that rows more
+    extreme than any training row still rank among themselves. Views of any scale and
+    spread become comparable. A NaN value stays NaN.
+    """
+
+    values_: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    surprises_: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def fit(self, values: np.ndarray) -> Surprise:
+        """Keep the quantiles of the training rows' ``values`` (the finite ones)."""
+        values = np.asarray(values, np.float64)
+        values = values[np.isfinite(values)]
+        if not len(values):
+            values = np.zeros(1)
+        probabilities = tail_probabilities(len(values))
+        self.values_ = np.quantile(values, probabilities)
+        self.surprises_ = -np.log1p(-probabilities)
+        return self
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """The surprise of each value ``(n,)``."""
+        values = np.asarray(values, np.float64)
+        known, surprises = self.values_, self.surprises_
+        inside = np.interp(values, known, surprises, left=0.0)
+        ninetieth = int(np.searchsorted(surprises, -np.log(0.1)))
+        rise = known[-1] - known[ninetieth]
+        slope = (surprises[-1] - surprises[ninetieth]) / rise if rise > 0 else 1.0
+        beyond = surprises[-1] + slope * (values - known[-1])
+        return np.where(values > known[-1], beyond, inside)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The kept quantiles as JSON-ready values."""
+        return {"values": self.values_.tolist(), "surprises": self.surprises_.tolist()}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> Surprise:
+        """Read the form ``to_dict`` writes."""
+        return cls(np.asarray(state["values"], np.float64), np.asarray(state["surprises"]))
+
+
+@dataclass
+class MarginalTails:
+    """How far out in its own column's tails each input of a row lies (ECOD's outlyingness).
+
+    Per model input, ``-log`` of the training share at or below the value (left) and at
+    or above it (right), from quantiles kept dense in both tails; summed over inputs as
+    the left tails, the right tails, and each input's tail on the side of its skew; the
+    largest of the three. Cheap to score: a lookup per input, no kept rows.
+    """
+
+    probabilities_: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    quantiles_: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    skew_: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def fit(self, x: np.ndarray) -> MarginalTails:
+        """Keep each input's quantiles and skew over the training rows ``x`` ``(n, d)``."""
+        x = np.asarray(x, np.float64)
+        self.probabilities_ = tail_probabilities(len(x))
+        self.quantiles_ = np.nanquantile(x, self.probabilities_, axis=0).reshape(
+            len(self.probabilities_), x.shape[1]
+        )
+        centred = x - np.nanmean(x, axis=0)
+        spread = np.nanmean(centred**2, axis=0)
+        self.skew_ = np.nanmean(centred**3, axis=0) / np.maximum(spread, 1e-12) ** 1.5
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """The outlyingness of each row ``(n,)``; NaN where an input is NaN."""
+        p, least = self.probabilities_, self.probabilities_[0]
+        left, right = np.zeros(len(x)), np.zeros(len(x))
+        auto = np.zeros(len(x))
+        for j in range(self.quantiles_.shape[1]):
+            known, values = self.quantiles_[:, j], np.asarray(x[:, j], np.float64)
+            below = np.searchsorted(known, values, side="right") - 1  # share at or below
+            above = np.searchsorted(known, values, side="left")  # share at or above
+            low = -np.log(np.where(below >= 0, p[np.clip(below, 0, None)], least))
+            high = -np.log(np.where(above < len(p), 1 - p[np.clip(above, None, len(p) - 1)], least))
+            left += low
+            right += high
+            auto += low if self.skew_[j] < 0 else high
+        outlying = np.maximum(np.maximum(left, right), auto)
+        return np.where(np.isnan(x).any(axis=1), np.nan, outlying)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The kept quantiles and skews as JSON-ready values."""
+        return {
+            "probabilities": self.probabilities_.tolist(),
+            "quantiles": self.quantiles_.tolist(),
+            "skew": self.skew_.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> MarginalTails:
+        """Read the form ``to_dict`` writes."""
+        return cls(
+            *(np.asarray(state[key], np.float64) for key in ("probabilities", "quantiles", "skew"))
+        )
+
+
+@dataclass
+class FusedScorer:
+    """The anomaly score: the most surprising of several views of a row.
+
+    The views: at each latent width the model rebuilds from (``Outputs.prefixes``; the
+    embedding's ``k`` alone unless the model is nested), the column error and the
+    latent distance of ``AnomalyScorer`` (each fitted without its ``trim`` least typical
+    training rows); the row's marginal tails (``MarginalTails``); and, with ``kl``, a
+    VAE's KL divergence. Each view becomes its ``Surprise`` among the training rows,
+    and the score is the largest: a row odd in any one way is odd. Chosen on half of
+    the anomaly benchmark's sets and confirmed on the other (docs/benchmarks.md).
+    Fitted attributes end in ``_``.
+    """
+
+    trim: float = 0.0
+    kl: bool = False
+    every_prefix: ClassVar[bool] = True  # the errors from every latent width
+    prefixes_: tuple[int, ...] = ()
+    terms_: list[AnomalyScorer] = field(default_factory=list)
+    tails_: MarginalTails = field(default_factory=MarginalTails)
+    surprises_: list[Surprise] = field(default_factory=list)
+
+    def views(self, outputs: Outputs, x: np.ndarray) -> list[np.ndarray]:
+        """Each view's values of the rows: two per latent width, the tails, the KL."""
+        found = []
+        for i, width in enumerate(outputs.prefixes):
+            latents, errors = outputs.latents[:, :width], outputs.errors[i]
+            found += [term.score(latents, errors) for term in self.terms_[2 * i : 2 * i + 2]]
+        found.append(self.tails_.score(x))
+        if self.kl:
+            found.append(np.asarray(outputs.kl, np.float64))
+        return found
+
+    def fit_rows(self, outputs: Outputs, x: np.ndarray) -> FusedScorer:
+        """Fit every view and its surprise on the training rows' ``outputs`` and inputs ``x``."""
+        self.prefixes_ = tuple(outputs.prefixes)
+        self.terms_ = []
+        for i, width in enumerate(outputs.prefixes):
+            latents, errors = outputs.latents[:, :width], outputs.errors[i]
+            for weight in (0.0, 1.0):  # the column error, the latent distance
+                self.terms_.append(AnomalyScorer(weight, trim=self.trim).fit(latents, errors))
+        self.tails_ = MarginalTails().fit(x)
+        self.surprises_ = [Surprise().fit(values) for values in self.views(outputs, x)]
+        return self
+
+    def score_rows(self, outputs: Outputs, x: np.ndarray) -> np.ndarray:
+        """The anomaly score of each row ``(n,)``; NaN where a view cannot be computed.
+
+        Raises:
+            ValueError: ``outputs`` come from a model of other latent widths.
+        """
+        if tuple(outputs.prefixes) != self.prefixes_:
+            message = (
+                f"FusedScorer: fitted on latent widths {list(self.prefixes_)}, "
+                f"given {list(outputs.prefixes)}"
+            )
+            raise ValueError(message)
+        views = self.views(outputs, x)
+        surprises = np.stack([s(v) for s, v in zip(self.surprises_, views, strict=True)])
+        return surprises.max(axis=0).astype(np.float32)
+
+    def scaled_errors(self, errors: np.ndarray) -> np.ndarray:
+        """Each column's error (from the embedding) over its training scale, ``(n, columns)``."""
+        return self.terms_[0].scaled_errors(errors)
+
+    @property
+    def latent_mean_(self) -> np.ndarray:
+        """The embedding's mean over the training rows (drift is measured against it)."""
+        return self.terms_[1].latent_mean_
+
+    @property
+    def latent_std_(self) -> np.ndarray:
+        """The embedding's standard deviation over the training rows."""
+        return self.terms_[1].latent_std_
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as JSON-ready values (``fused`` in reference.json)."""
+        return {
+            "fused": {
+                "trim": self.trim,
+                "kl": self.kl,
+                "prefixes": list(self.prefixes_),
+                "terms": [term.to_dict() for term in self.terms_],
+                "tails": self.tails_.to_dict(),
+                "surprises": [surprise.to_dict() for surprise in self.surprises_],
+            }
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> FusedScorer:
+        """Read a scorer written by ``to_dict`` (or a scoring reference that holds one)."""
+        fused = state["fused"]
+        return cls(
+            trim=float(fused["trim"]),
+            kl=bool(fused["kl"]),
+            prefixes_=tuple(int(width) for width in fused["prefixes"]),
+            terms_=[AnomalyScorer.from_dict(term) for term in fused["terms"]],
+            tails_=MarginalTails.from_dict(fused["tails"]),
+            surprises_=[Surprise.from_dict(surprise) for surprise in fused["surprises"]],
+        )
+
+
 @dataclass(frozen=True)
 class Reference:
     """What scoring a row needs besides the weights and the normalizer (reference.json).
@@ -155,7 +386,7 @@ class Reference:
     label_col: str | None
     threshold: float
     error_quantiles: list[float]
-    scorer: AnomalyScorer
+    scorer: AnomalyScorer | FusedScorer
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: the fields, the scorer's keys beside them."""
@@ -177,7 +408,7 @@ class Reference:
             label_col=state["label_col"],
             threshold=float(state["threshold"]),
             error_quantiles=[float(q) for q in state["error_quantiles"]],
-            scorer=AnomalyScorer.from_dict(state),
+            scorer=(FusedScorer if "fused" in state else AnomalyScorer).from_dict(state),
         )
 
     @classmethod

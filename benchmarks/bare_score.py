@@ -23,7 +23,9 @@ import torch
 def main(model_path: str, normalizer_path: str, source: str, out: str) -> None:
     saved = torch.load(model_path, weights_only=True)
     spec, state = saved["spec"], saved["state_dict"]
-    widths = [spec["d"], *spec["hidden"], spec["k"]]
+    k = spec["k"]
+    code = max([k, *spec.get("widths", [])])  # a nested model's code is wider than k
+    widths = [spec["d"], *spec["hidden"], code]
     encoder = torch.nn.Sequential()
     decoder = torch.nn.Sequential()
     for layers, sizes in ((encoder, widths), (decoder, widths[::-1])):
@@ -31,8 +33,8 @@ def main(model_path: str, normalizer_path: str, source: str, out: str) -> None:
             layers.append(torch.nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(torch.nn.GELU())
-    encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
-    decoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
+    encoder.load_state_dict({n[8:]: v for n, v in state.items() if n.startswith("encoder.")})
+    decoder.load_state_dict({n[8:]: v for n, v in state.items() if n.startswith("decoder.")})
     normalizer = json.loads(Path(normalizer_path).read_text())
     columns = normalizer["columns"]
     center, scale = np.asarray(normalizer["center_"]), np.asarray(normalizer["scale_"])
@@ -47,7 +49,9 @@ def main(model_path: str, normalizer_path: str, source: str, out: str) -> None:
             x = np.column_stack([batch.column(c).to_numpy() for c in columns])
             x = torch.from_numpy(((x - center) / scale).astype(np.float32))
             z = encoder(x)
+            z[:, k:] = 0  # the embedding's rebuild
             error = ((decoder(z) - x) ** 2).mean(dim=1)
+            z = z[:, :k]
             table = pa.table(
                 {
                     **{f"z{i}": z[:, i].numpy() for i in range(z.shape[1])},

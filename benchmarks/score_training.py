@@ -3,9 +3,10 @@
 For every ADBench set and seed (the protocol of ``anomaly.py``), the rows are prepared
 as in ``score_views.py`` and networks of aepipe's defaults are trained in memory: five
 that differ only in their seed, and the first of them again at other epoch budgets
-(``--epochs``). Each is read through the default score (``AnomalyScorer`` with
-params.yaml's ``latent_weight`` and ``score_trim``); the ensemble averages the first
-one, three and five members' scores, each over its training mean.
+(``--epochs``). Each is read through the earlier default score (not nested;
+``AnomalyScorer`` with params.yaml's ``latent_weight`` and ``score_trim``, as
+``evaluate.score: weighted``); the ensemble averages the first one, three and five
+members' scores, each over its training mean.
 
 Measured on 2026-11-25 (seeds 0-2), mean AUROC by half (even / odd):
 - one network 0.764 / 0.728; three 0.759 / 0.731; five 0.760 / 0.731, at three and five
@@ -52,7 +53,8 @@ def default_score(
     x_fit, x_val, x_test = rows
     settings = params.train if epochs is None else dataclasses.replace(params.train, epochs=epochs)
     torch.manual_seed(seed + 100 * member)
-    model = build_model(params.model, x_fit.shape[1])
+    flat = dataclasses.replace(params.model, nested=False)  # the earlier default's network
+    model = build_model(flat, x_fit.shape[1])
     start = time.perf_counter()
     train_loop(model, torch.from_numpy(x_fit), torch.from_numpy(x_val), settings)
     seconds = time.perf_counter() - start

@@ -2,8 +2,9 @@
 
 For every ADBench set and seed (the protocol of ``anomaly.py``: 70/30 stratified split,
 fit on the unlabeled training part, AUROC on the test part), the inputs are z-scored on
-the training part and three denoising autoencoders of aepipe's default settings are
-trained in memory with ``aecore.train.train``, which differ only in their bottleneck:
+the training part and three denoising autoencoders of aepipe's default settings (not
+nested: one latent width each, as before ``model.nested``) are trained in memory with
+``aecore.train.train``, which differ only in their bottleneck:
 ``d/8`` (the default), ``d/4`` and ``d`` (no bottleneck: a denoiser). Each gives three
 views of a row: ``col`` (the column errors over their training scale) and ``lat`` (the
 latent code's Mahalanobis distance), as ``AnomalyScorer`` measures them, and ``knn``
@@ -136,7 +137,8 @@ def trained(
     d = x_fit.shape[1]
     latent_dim = None if per_latent is None else max(2, round(d / per_latent))
     torch.manual_seed(seed)
-    model = build_model(dataclasses.replace(params.model, latent_dim=latent_dim), d)
+    flat = dataclasses.replace(params.model, latent_dim=latent_dim, nested=False)  # one width
+    model = build_model(flat, d)
     start = time.perf_counter()
     train_loop(model, torch.from_numpy(x_fit), torch.from_numpy(x_val), params.train)
     return model, time.perf_counter() - start
@@ -166,7 +168,7 @@ def costs(folder: Path) -> int:
     for d in (21, 64):
         x = np.random.default_rng(0).normal(size=(batch, d)).astype(np.float32)
         start = time.perf_counter()
-        encode_and_reconstruct(build_model(params.model, d), x)
+        encode_and_reconstruct(build_model(dataclasses.replace(params.model, nested=False), d), x)
         network = time.perf_counter() - start
         start = time.perf_counter()
         kth_distance(x[:kept], x, leave_self_out=False)

@@ -117,7 +117,8 @@ def test_run_on_a_csv_prints_the_summary(project, planted):
     again = pd.read_parquet(project / "data/latents/planted/model=1/batch=again/part-0.parquet")
     np.testing.assert_allclose(again["anomaly_score"], table["anomaly_score"], rtol=1e-5)
     reference = json.loads((project / "data/reports/planted/reference.json").read_text())
-    assert reference["kl_weight"] == 0.5 and reference["kl_scale"] > 0
+    fused = reference["fused"]  # the views: two per latent width, the tails, the KL
+    assert fused["kl"] and len(fused["surprises"]) == 2 * len(fused["prefixes"]) + 2
     # the champion over HTTP: the same latents and scores as the latent table
     rows = pd.read_csv(planted).drop(columns=["is_anomaly_label"]).head(20)
     served = serve(project, rows)

@@ -6,12 +6,17 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from aecore.evaluate import (
     anomaly_metrics,
     binary_labels,
-    encode_and_reconstruct,
     fit_threshold,
     pca_baseline_mse,
     row_errors,
 )
-from aecore.models import DenseAutoencoder, VariationalAutoencoder, kl_divergence, load_model
+from aecore.models import (
+    DenseAutoencoder,
+    VariationalAutoencoder,
+    encode_and_reconstruct,
+    kl_divergence,
+    load_model,
+)
 from aecore.scorer import AnomalyScorer
 from aecore.train import train
 from tests.conftest import data_config
@@ -183,14 +188,16 @@ def test_vae_score_adds_its_kl_divergence_when_asked():
 def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_path):
     """Streamed in 128-row files, sampled below the limits: the same numbers as all rows."""
     import dataclasses
-    import json
 
     from sklearn.decomposition import PCA
 
+    from aecore.evaluate import make_scorer
     from aecore.layout import Layout
+    from aecore.models import model_outputs
     from aecore.normalize import load_features, normalize
     from aecore.pipeline import run_stage
     from aecore.schema import ingest
+    from aecore.scorer import Reference
     from aecore.train import fit_autoencoder
 
     layout = Layout(tmp_path, "planted")
@@ -210,14 +217,13 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
     every = load_features(layout.processed)
     x, is_val = every.x, every.is_val
     model = load_model(layout.model)
-    latents, errors, kl = encode_and_reconstruct(model, x)
     e = params.evaluate
-    scorer = AnomalyScorer(e.latent_weight, e.kl_weight, e.score_trim)
-    scorer.fit(latents[~is_val], errors[~is_val], kl[~is_val])
-    reference = json.loads(layout.reference.read_text())
-    for key, value in scorer.to_dict().items():
-        np.testing.assert_allclose(reference[key], value, rtol=1e-6, err_msg=key)
-    scores = scorer.score(latents[is_val], errors[is_val], kl[is_val])
+    outputs = model_outputs(model, x[~is_val])
+    scorer = make_scorer(e).fit_rows(outputs, x[~is_val])
+    reference = Reference.read(layout.reference)
+    val_outputs = model_outputs(model, x[is_val])
+    scores = scorer.score_rows(val_outputs, x[is_val])
+    np.testing.assert_allclose(reference.scorer.score_rows(val_outputs, x[is_val]), scores)
     assert metrics["threshold"] == pytest.approx(
         np.quantile(scores, e.threshold_quantile), rel=1e-6
     )

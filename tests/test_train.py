@@ -21,12 +21,16 @@ def quick(params, **changes):
 
 
 def test_shapes_and_default_widths(params):
-    model = build_model(dataclasses.replace(params.model, latent_dim=4, hidden=None), 64)
+    flat = dataclasses.replace(params.model, latent_dim=4, hidden=None, nested=False)
+    model = build_model(flat, 64)
     assert default_hidden(64, 8) == (128, 64)
     assert model.encode(torch.zeros(5, 64)).shape == (5, 4)
     assert model(torch.zeros(5, 64)).shape == (5, 64)
     widths = [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)]
     assert widths == [128, 64, 4]
+    nested = build_model(dataclasses.replace(flat, nested=True), 64)  # codes of 16 and 64 too
+    widths = [m.out_features for m in nested.encoder if isinstance(m, torch.nn.Linear)]
+    assert widths == [128, 64, 64] and nested.prefixes == (4, 16, 64) and nested.k == 4
 
 
 def test_latent_size_follows_the_inputs_unless_set(params):
@@ -290,7 +294,8 @@ def test_denoising_noise_in_training_only(params):
 
 def test_sparse_penalty_is_added(params):
     x = low_rank()
-    model = build_model(dataclasses.replace(params.model, kind="sparse", hidden=(16,)), 10).eval()
+    sparse = dataclasses.replace(params.model, kind="sparse", hidden=(16,), nested=False)
+    model = build_model(sparse, 10).eval()
     with torch.no_grad():
         z = model.encode(x)
         expected = torch.nn.functional.mse_loss(model.decoder(z), x) + 1e-3 * z.abs().mean()

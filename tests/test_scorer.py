@@ -1,0 +1,217 @@
+"""The fused anomaly score's parts: surprises, marginal tails, nested latents, the fusion."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from aecore.models import (
+    DenoisingAutoencoder,
+    Outputs,
+    build_model,
+    load_model,
+    model_outputs,
+    nested_widths,
+    save_model,
+)
+from aecore.scorer import AnomalyScorer, FusedScorer, MarginalTails, Reference, Surprise
+from aecore.train import train
+
+
+def test_surprise_is_minus_log_of_the_upper_share_and_keeps_rising_beyond_the_largest():
+    values = np.random.default_rng(0).exponential(size=10_000)
+    surprise = Surprise().fit(values)
+    for q in (0.5, 0.9, 0.99, 0.999):
+        assert surprise(np.quantile(values, [q]))[0] == pytest.approx(-np.log(1 - q), rel=0.02)
+    top = values.max()
+    beyond = surprise(np.array([top, top + 1, top + 10]))
+    assert beyond[0] == pytest.approx(np.log(len(values) + 1), rel=0.05)
+    assert beyond[0] < beyond[1] < beyond[2] and np.isfinite(beyond).all()
+    ordered = surprise(np.sort(values))
+    assert (np.diff(ordered) >= 0).all()  # monotone
+    assert np.isnan(surprise(np.array([np.nan]))[0])
+    again = Surprise.from_dict(surprise.to_dict())
+    np.testing.assert_array_equal(again(values[:100]), surprise(values[:100]))
+
+
+def test_surprise_of_a_constant_view_is_finite_and_still_orders_larger_values():
+    surprise = Surprise().fit(np.full(100, 2.0))
+    scores = surprise(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert np.isfinite(scores).all() and scores[1] < scores[2] < scores[3]
+
+
+def ecod(train_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """ECOD's outlyingness from its definition: exact empirical tails of every column."""
+    n = len(train_rows)
+    left = np.stack(
+        [(train_rows[None, :, j] <= rows[:, j, None]).sum(1) for j in range(rows.shape[1])], 1
+    )
+    right = np.stack(
+        [(train_rows[None, :, j] >= rows[:, j, None]).sum(1) for j in range(rows.shape[1])], 1
+    )
+    low, high = -np.log(np.maximum(left, 1) / n), -np.log(np.maximum(right, 1) / n)
+    centred = train_rows - train_rows.mean(0)
+    skew = (centred**3).mean(0) / (centred**2).mean(0) ** 1.5
+    auto = np.where(skew < 0, low, high).sum(1)
+    return np.maximum(np.maximum(low.sum(1), high.sum(1)), auto)
+
+
+def test_marginal_tails_rank_rows_as_ecod_does():
+    generator = np.random.default_rng(1)
+    train_rows = np.column_stack(
+        [
+            generator.normal(size=3000),
+            generator.exponential(size=3000),
+            -generator.gamma(2, size=3000),
+        ]
+    )
+    rows = np.column_stack(
+        [generator.normal(0, 2, 500), generator.exponential(2, 500), -generator.gamma(2, 2, 500)]
+    )
+    tails = MarginalTails().fit(train_rows)
+    ours = tails.score(rows)
+    assert spearmanr(ours, ecod(train_rows, rows)).statistic > 0.98
+    far = rows[:1] + np.array([[0.0, 50.0, 0.0]])  # far out in one column's right tail
+    farther = rows[:1] + np.array([[0.0, 100.0, 0.0]])
+    assert tails.score(far)[0] > tails.score(rows[:1])[0]
+    assert tails.score(far)[0] == tails.score(farther)[0]  # beyond every training value
+    assert np.sign(tails.skew_).tolist() == [pytest.approx(0, abs=1), 1.0, -1.0]
+    broken = rows[:2].copy()
+    broken[0, 1] = np.nan
+    assert np.isnan(tails.score(broken)[0]) and np.isfinite(tails.score(broken)[1])
+    again = MarginalTails.from_dict(tails.to_dict())
+    np.testing.assert_array_equal(again.score(rows), ours)
+
+
+def test_nested_widths_add_a_quarter_and_every_input_up_to_the_last_hidden_width():
+    assert nested_widths(64, 8, (128, 64)) == (16, 64)
+    assert nested_widths(12, 2, (64, 32)) == (3, 12)
+    assert nested_widths(166, 21, (64, 32)) == (32,)  # wide tables: capped
+    assert nested_widths(4, 2, (64, 32)) == (4,)  # a quarter is not wider than k
+    assert nested_widths(16, 16, (64, 32)) == ()
+
+
+def test_a_nested_model_keeps_its_embedding_and_rebuilds_from_each_prefix(params, tmp_path):
+    model = build_model(params.model, 24)
+    assert model.prefixes == (3, 6, 24) and model.k == 3
+    x = torch.randn(50, 24)
+    model.eval()
+    with torch.no_grad():
+        z = model.encode(x)
+        assert z.shape == (50, 24)
+        moved = z.clone()
+        moved[:, 3:] += 5.0  # the latents beyond k do not reach the embedding's rebuild
+        torch.testing.assert_close(model.decode(moved), model(x))
+        assert not torch.allclose(model.decode(moved, 24), model.decode(z, 24))
+    outputs = model_outputs(model, x.numpy())
+    assert outputs.embedding.shape == (50, 3) and len(outputs.errors) == 3
+    flat = build_model(dataclasses.replace(params.model, nested=False), 24)
+    assert flat.prefixes == (3,) and model_outputs(flat, x.numpy()).latents.shape == (50, 3)
+    again = load_model(save_model(model, tmp_path / "model.pt"))
+    assert again.prefixes == model.prefixes
+    again_outputs = model_outputs(again, x.numpy())
+    for ours, theirs in zip(outputs.errors, again_outputs.errors, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+def test_a_model_saved_before_nesting_loads_as_one_latent_width(tmp_path):
+    model = DenoisingAutoencoder(6, 2, (16, 8), noise_std=0.1, mask_rate=0.1)
+    state = {k: v for k, v in model.state_dict().items()}
+    spec = {"kind": "denoising", "d": 6, "k": 2, "hidden": [16, 8], "blocks": [["num", 1]] * 6}
+    torch.save(
+        {"spec": spec | {"noise_std": 0.1, "mask_rate": 0.1}, "state_dict": state},
+        tmp_path / "m.pt",
+    )
+    assert load_model(tmp_path / "m.pt").prefixes == (2,)
+
+
+def test_training_draws_a_prefix_per_row(params):
+    torch.manual_seed(0)
+    model = build_model(params.model, 16)
+    x = torch.randn(400, 16)
+    model.train()
+    z = model.encode(x)
+    drawn = model.decode(z)
+    rebuilt = {width: model.decode(z, width) for width in model.prefixes}
+    which = torch.stack([(drawn - rebuilt[w]).abs().amax(dim=1) < 1e-6 for w in model.prefixes])
+    assert (which.sum(dim=0) >= 1).all()  # every row rebuilt from one of the prefixes
+    shares = which.float().mean(dim=1)
+    assert (shares > 0.2).all()  # each prefix drawn about a third of the time
+
+
+def views_of(x: np.ndarray, odd_latent: np.ndarray) -> Outputs:
+    """Outputs of a pretend nested model: latents of width 4, errors from k=2 and 4."""
+    errors = np.abs(x[:, :3]) * 0.1 + 0.01
+    latents = np.column_stack([odd_latent, x[:, 3], x[:, 4], x[:, 5]])
+    return Outputs(latents, (errors, errors * 0.5), np.zeros(len(x)), (2, 4))
+
+
+def test_fused_score_flags_a_row_odd_in_any_one_view():
+    generator = np.random.default_rng(3)
+    x = generator.normal(size=(2000, 6))
+    scorer = FusedScorer(trim=0.2).fit_rows(views_of(x, x[:, 0]), x)
+    rows = generator.normal(size=(4, 6))
+    odd_latent = rows[:, 0].copy()
+    odd_latent[1] = 40.0  # far out in latent space only (its errors and inputs typical)
+    rows[2, 4] = 40.0  # far out in one input: the tails, and the width-4 latent distance
+    scores = scorer.score_rows(views_of(rows, odd_latent), rows)
+    typical = scorer.score_rows(views_of(x, x[:, 0]), x)
+    assert scores[1] > typical.max() and scores[2] > typical.max()
+    assert scores[0] < np.quantile(typical, 0.999) and scores[3] < np.quantile(typical, 0.999)
+    assert typical.dtype == np.float32
+    with pytest.raises(ValueError, match="latent widths"):
+        scorer.score_rows(Outputs(x[:, :2], (x[:, :3],), np.zeros(len(x)), (2,)), x)
+
+
+def test_fused_score_survives_the_scoring_reference(tmp_path):
+    generator = np.random.default_rng(5)
+    x = generator.normal(size=(500, 6))
+    outputs = views_of(x, x[:, 0])
+    scorer = FusedScorer(trim=0.2).fit_rows(outputs, x)
+    reference = Reference(
+        features=list("abc"),
+        types=dict.fromkeys("abc", "double"),
+        kinds=dict.fromkeys("abc", "numeric"),
+        id_col="row_id",
+        label_col=None,
+        threshold=3.0,
+        error_quantiles=[0.0, 1.0],
+        scorer=scorer,
+    )
+    again = Reference.read(reference.write(tmp_path / "reference.json"))
+    assert isinstance(again.scorer, FusedScorer)
+    np.testing.assert_array_equal(
+        again.scorer.score_rows(outputs, x), scorer.score_rows(outputs, x)
+    )
+    np.testing.assert_array_equal(again.scorer.latent_mean_, scorer.terms_[1].latent_mean_)
+    # a reference written by the weighted score reads as one
+    weighted = dataclasses.replace(
+        reference, scorer=AnomalyScorer(0.5).fit(outputs.embedding, outputs.errors[0])
+    )
+    assert isinstance(Reference.read(weighted.write(tmp_path / "w.json")).scorer, AnomalyScorer)
+
+
+def test_the_fused_score_finds_planted_outliers_through_a_trained_nested_model(params):
+    """Rows on a curved 2-d sheet in 12 columns, 3% pushed off it: the score ranks them top."""
+    from sklearn.metrics import roc_auc_score
+
+    generator = np.random.default_rng(2)
+    t = generator.uniform(-2, 2, size=(1500, 2))
+    x = np.column_stack(
+        [t, np.sin(t), t**2, np.cos(t), t[:, :1] * t[:, 1:], t[:, :1] ** 3, t[:, 1:] ** 3]
+    )
+    x += generator.normal(0, 0.05, x.shape)
+    labels = np.zeros(len(x), dtype=int)
+    planted = generator.choice(len(x), 45, replace=False)
+    x[planted] += generator.normal(0, 1.0, (45, x.shape[1]))
+    labels[planted] = 1
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    torch.manual_seed(0)
+    model = build_model(params.model, x.shape[1])
+    config = dataclasses.replace(params.train, device="cpu")
+    train(model, torch.from_numpy(x[:1200]), torch.from_numpy(x[1200:]), config)
+    scorer = FusedScorer(trim=0.2).fit_rows(model_outputs(model, x[:1200]), x[:1200])
+    scores = scorer.score_rows(model_outputs(model, x), x)
+    assert roc_auc_score(labels, scores) > 0.95
