@@ -236,12 +236,16 @@ def print_by_half(rows: list[dict], title: str = "mean by half:") -> None:
 
 
 def splits(
-    folder: Path, seeds: int, names: tuple[str, ...] | None = None, only_half: str | None = None
+    folder: Path,
+    seeds: int,
+    names: tuple[str, ...] | None = None,
+    only_half: str | None = None,
+    first_seed: int = 0,
 ) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]]:
     """ADBench's protocol: per set and seed, a 70/30 stratified split of X, and y's test part.
 
     Yields ``(dataset, seed, train, test, y_test)`` for every set in ADBench's order (or
-    ``names``, or one half).
+    ``names``, or one half), seeds ``first_seed`` on (fresh splits, to confirm a choice).
     """
     paths = sorted(folder.glob("*.npz"), key=lambda p: int(p.stem.split("_")[0]))
     for path in paths:
@@ -249,7 +253,7 @@ def splits(
             continue
         data = np.load(path)
         x, y = data["X"].astype(np.float64), data["y"].astype(int)
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             train, test, _, y_test = train_test_split(
                 x, y, test_size=0.3, stratify=y, random_state=seed
             )
