@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 TAIL_POINTS = 40  # quantiles spaced geometrically in each tail, down to 1 / (rows + 1)
 BODY_POINTS = 91  # quantiles spaced evenly between the tails (every 1 % of 5 % to 95 %)
+TAIL_BLOCK = 64  # inputs whose tails are looked up at once
+TAIL_BINS = 1024  # equal bins of an input's range in the tails' scoring table
 
 
 @dataclass
@@ -107,9 +109,11 @@ class AnomalyScorer:
         """
         score = np.zeros(len(latents))
         if self.latent_weight < 1:
-            if scaled is None:
-                scaled = self.scaled_errors(errors)
-            score += (1 - self.latent_weight) * scaled.mean(axis=1, dtype=np.float64)
+            if scaled is None:  # the mean of the scaled errors, in one pass
+                term = errors @ (1 / self.column_scale_ / errors.shape[1]).astype(errors.dtype)
+            else:
+                term = scaled.mean(axis=1, dtype=np.float64)
+            score += (1 - self.latent_weight) * term
         if self.latent_weight > 0:
             offset = latents - self.latent_mean_
             distance = ((offset @ self.latent_precision_) * offset).sum(axis=1)
@@ -190,14 +194,15 @@ class Surprise:
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         """The surprise of each value ``(n,)``."""
-        values = np.asarray(values, np.float64)
         known, surprises = self.values_, self.surprises_
-        inside = np.interp(values, known, surprises, left=0.0)
-        ninetieth = int(np.searchsorted(surprises, -np.log(0.1)))
-        rise = known[-1] - known[ninetieth]
-        slope = (surprises[-1] - surprises[ninetieth]) / rise if rise > 0 else 1.0
-        beyond = surprises[-1] + slope * (values - known[-1])
-        return np.where(values > known[-1], beyond, inside)
+        found = np.interp(values, known, surprises, left=0.0)
+        beyond = values > known[-1]
+        if beyond.any():
+            ninetieth = int(np.searchsorted(surprises, -np.log(0.1)))
+            rise = known[-1] - known[ninetieth]
+            slope = (surprises[-1] - surprises[ninetieth]) / rise if rise > 0 else 1.0
+            found[beyond] = surprises[-1] + slope * (values[beyond] - known[-1])
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         """The kept quantiles as JSON-ready values."""
@@ -222,6 +227,7 @@ class MarginalTails:
     probabilities_: np.ndarray = field(default_factory=lambda: np.zeros(0))
     quantiles_: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     skew_: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    _lookup: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def fit(self, x: np.ndarray) -> MarginalTails:
         """Keep each input's quantiles and skew over the training rows ``x`` ``(n, d)``."""
@@ -233,24 +239,72 @@ class MarginalTails:
         centred = x - np.nanmean(x, axis=0)
         spread = np.nanmean(centred**2, axis=0)
         self.skew_ = np.nanmean(centred**3, axis=0) / np.maximum(spread, 1e-12) ** 1.5
+        self._lookup = None
         return self
 
+    def tails(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``-log`` of the training share at or below, and at or above, each value ``(G', d)``.
+
+        From the kept quantiles: beyond the extreme ones, the least share ``1 / (rows + 1)``.
+        """
+        p = self.probabilities_
+        at_or_below = np.concatenate([[-np.log(p[0])], -np.log(p)])
+        at_or_above = np.concatenate([-np.log1p(-p), [-np.log(p[0])]])
+        low, high = np.empty_like(values), np.empty_like(values)
+        for j in range(values.shape[1]):
+            known = self.quantiles_[:, j]
+            low[:, j] = at_or_below[np.searchsorted(known, values[:, j], side="right")]
+            high[:, j] = at_or_above[np.searchsorted(known, values[:, j], side="left")]
+        return low, high
+
+    def lookup(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The scoring tables: each input's range in ``TAIL_BINS`` equal bins.
+
+        Per bin, ``-log`` of the share at or below its upper edge and at or above its
+        lower edge (exact for values that repeat, as a category's or a count's do; for
+        others, off by at most a bin); one entry below the range and one above it.
+
+        Returns ``(slope, offset, low, high)``: a value's entry is
+        ``floor(value * slope + offset)``, clipped to ``[0, TAIL_BINS + 1]``, of an input's
+        row of ``low`` and ``high`` ``(d, TAIL_BINS + 2)``.
+        """
+        lo, hi = self.quantiles_[0], self.quantiles_[-1]
+        span = hi - lo
+        steps = np.arange(TAIL_BINS + 1)[:, None] / TAIL_BINS
+        edges = lo + steps * span  # (TAIL_BINS + 1, d)
+        below, above = lo - np.maximum(np.abs(lo), 1) * 1e-3, hi + np.maximum(np.abs(hi), 1) * 1e-3
+        low_in, _ = self.tails(np.vstack([below, edges[1:-1], hi, above]))
+        _, high_in = self.tails(np.vstack([below, edges[:-1], above]))
+        slope = np.where(span > 0, TAIL_BINS * (1 - 1e-5) / np.where(span > 0, span, 1), 0.0)
+        offset = 1 + 1e-4 - lo * slope  # the lowest kept quantile falls in the first bin
+        return slope, offset, low_in.T, high_in.T
+
     def score(self, x: np.ndarray) -> np.ndarray:
-        """The outlyingness of each row ``(n,)``; NaN where an input is NaN."""
-        p, least = self.probabilities_, self.probabilities_[0]
-        left, right = np.zeros(len(x)), np.zeros(len(x))
-        auto = np.zeros(len(x))
-        for j in range(self.quantiles_.shape[1]):
-            known, values = self.quantiles_[:, j], np.asarray(x[:, j], np.float64)
-            below = np.searchsorted(known, values, side="right") - 1  # share at or below
-            above = np.searchsorted(known, values, side="left")  # share at or above
-            low = -np.log(np.where(below >= 0, p[np.clip(below, 0, None)], least))
-            high = -np.log(np.where(above < len(p), 1 - p[np.clip(above, None, len(p) - 1)], least))
-            left += low
-            right += high
-            auto += low if self.skew_[j] < 0 else high
-        outlying = np.maximum(np.maximum(left, right), auto)
-        return np.where(np.isnan(x).any(axis=1), np.nan, outlying)
+        """The outlyingness of each row ``(n,)``; NaN where an input is NaN.
+
+        A table lookup per value (``lookup``), in blocks of ``TAIL_BLOCK`` inputs so that
+        memory stays bounded on wide tables.
+        """
+        if self._lookup is None:
+            slope, offset, low, high = self.lookup()
+            tables = (slope, offset, low, high)
+            self._lookup = tuple(np.ascontiguousarray(t, np.float32) for t in tables)
+        slope, offset, low_table, high_table = self._lookup
+        skewed = (self.skew_ < 0).astype(np.float32)
+        sums = np.zeros((3, len(x)))  # left tails, right tails, each input's skewed side
+        for start in range(0, len(slope), TAIL_BLOCK):
+            block = slice(start, start + TAIL_BLOCK)
+            entry = np.asarray(x[:, block], np.float32) * slope[block]
+            entry += offset[block]
+            np.fmax(entry, 0, out=entry)  # NaN too: the row's score is NaN below
+            np.minimum(entry, TAIL_BINS + 1, out=entry)
+            index = entry.astype(np.int32)  # the floor, as every entry is at least 0
+            index += np.arange(index.shape[1], dtype=np.int32) * (TAIL_BINS + 2)
+            low, high = low_table[block].ravel()[index], high_table[block].ravel()[index]
+            sums[0] += low.sum(axis=1)
+            sums[1] += high.sum(axis=1)
+            sums[2] += low @ skewed[block] + high @ (1 - skewed[block])
+        return np.where(np.isnan(x).any(axis=1), np.nan, sums.max(axis=0))
 
     def to_dict(self) -> dict[str, Any]:
         """The kept quantiles and skews as JSON-ready values."""

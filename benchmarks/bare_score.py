@@ -1,5 +1,8 @@
 """The bare scoring loop: Parquet record batches -> numpy -> torch forward -> one ParquetWriter.
 
+The forward is the model's: a nested model rebuilds each row from every prefix of its
+code, as aepipe's score does, and the loop writes each prefix's error.
+
 The practical upper bound that `aepipe score` is measured against (benchmarks/score_speed.py):
 no schema check, no tracking, no orchestration. Batches are pulled file by file as in
 aepipe; a pyarrow.dataset scanner would decode ahead and grow memory with the batch.
@@ -24,8 +27,8 @@ def main(model_path: str, normalizer_path: str, source: str, out: str) -> None:
     saved = torch.load(model_path, weights_only=True)
     spec, state = saved["spec"], saved["state_dict"]
     k = spec["k"]
-    code = max([k, *spec.get("widths", [])])  # a nested model's code is wider than k
-    widths = [spec["d"], *spec["hidden"], code]
+    prefixes = [k, *spec.get("widths", [])]  # a nested model's code is wider than k
+    widths = [spec["d"], *spec["hidden"], prefixes[-1]]
     encoder = torch.nn.Sequential()
     decoder = torch.nn.Sequential()
     for layers, sizes in ((encoder, widths), (decoder, widths[::-1])):
@@ -48,14 +51,17 @@ def main(model_path: str, normalizer_path: str, source: str, out: str) -> None:
         ):
             x = np.column_stack([batch.column(c).to_numpy() for c in columns])
             x = torch.from_numpy(((x - center) / scale).astype(np.float32))
-            z = encoder(x)
-            z[:, k:] = 0  # the embedding's rebuild
-            error = ((decoder(z) - x) ** 2).mean(dim=1)
-            z = z[:, :k]
+            code = encoder(x)
+            errors = {}
+            for width in prefixes:  # a nested model rebuilds from each prefix of its code
+                z = code.clone()
+                z[:, width:] = 0
+                errors[width] = ((decoder(z) - x) ** 2).mean(dim=1).numpy()
             table = pa.table(
                 {
-                    **{f"z{i}": z[:, i].numpy() for i in range(z.shape[1])},
-                    "recon_error": error.numpy(),
+                    **{f"z{i}": code[:, i].numpy() for i in range(k)},
+                    "recon_error": errors[k],
+                    **{f"recon_error_{w}": errors[w] for w in prefixes[1:]},
                 }
             )
             writer = writer or pq.ParquetWriter(out, table.schema, compression="zstd")
