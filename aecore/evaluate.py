@@ -136,13 +136,13 @@ def evaluate(
     model = load_model(model_path)
     k = model.k
     scorer = make_scorer(config)
-    train_outputs = model_outputs(model, train.x, scorer.every_prefix)
+    outputs = model_outputs(model, train.x, scorer.every_prefix)  # one split at a time
+    train_scores = scorer.fit_rows(outputs, train.x).score_rows(outputs, train.x)
+    train_latents = outputs.embedding.copy()
     outputs = model_outputs(model, val.x, scorer.every_prefix)
-    scorer.fit_rows(train_outputs, train.x)
     scores = scorer.score_rows(outputs, val.x)
-    train_scores = scorer.score_rows(train_outputs, train.x)
-    train_latents, latents = train_outputs.embedding, outputs.embedding
-    feature_errors = outputs.errors[0]
+    latents, feature_errors = outputs.embedding.copy(), outputs.errors[0]
+    del outputs  # the wider prefixes' errors
     threshold = fit_threshold(scores, config.threshold_quantile)
     val_errors = row_errors(feature_errors)
     recon_mse = float(feature_errors.mean(dtype=np.float64))

@@ -15,6 +15,7 @@ from aecore.io import reading_state, write_json
 if TYPE_CHECKING:
     from aecore.models import Outputs
 
+DISTANCE_ROWS = 65536  # rows whose latent distance or tails are computed at once
 TAIL_POINTS = 40  # quantiles spaced geometrically in each tail, down to 1 / (rows + 1)
 BODY_POINTS = 91  # quantiles spaced evenly between the tails (every 1 % of 5 % to 95 %)
 TAIL_BLOCK = 64  # inputs whose tails are looked up at once
@@ -76,7 +77,7 @@ class AnomalyScorer:
         finite &= np.isfinite(kl)
         if finite.any() and not finite.all():
             latents, errors, kl = latents[finite], errors[finite], kl[finite]
-        scale = errors.astype(np.float64).mean(axis=0)
+        scale = errors.mean(axis=0, dtype=np.float64)
         self.column_scale_ = np.maximum(scale, 1e-3 * scale.mean() + 1e-12)
         self.kl_scale_ = max(float(kl.astype(np.float64).mean()) if len(kl) else 0.0, 1e-12)
         z = latents.astype(np.float64)
@@ -115,8 +116,11 @@ class AnomalyScorer:
                 term = scaled.mean(axis=1, dtype=np.float64)
             score += (1 - self.latent_weight) * term
         if self.latent_weight > 0:
-            offset = latents - self.latent_mean_
-            distance = ((offset @ self.latent_precision_) * offset).sum(axis=1)
+            distance = np.empty(len(latents))
+            for start in range(0, len(latents), DISTANCE_ROWS):  # bounded temporaries
+                offset = latents[start : start + DISTANCE_ROWS] - self.latent_mean_
+                rows = slice(start, start + len(offset))
+                distance[rows] = ((offset @ self.latent_precision_) * offset).sum(axis=1)
             score += self.latent_weight * distance / max(latents.shape[1], 1)
         if self.kl_weight:
             if kl is None:
@@ -231,14 +235,18 @@ class MarginalTails:
 
     def fit(self, x: np.ndarray) -> MarginalTails:
         """Keep each input's quantiles and skew over the training rows ``x`` ``(n, d)``."""
-        x = np.asarray(x, np.float64)
         self.probabilities_ = tail_probabilities(len(x))
-        self.quantiles_ = np.nanquantile(x, self.probabilities_, axis=0).reshape(
-            len(self.probabilities_), x.shape[1]
-        )
-        centred = x - np.nanmean(x, axis=0)
-        spread = np.nanmean(centred**2, axis=0)
-        self.skew_ = np.nanmean(centred**3, axis=0) / np.maximum(spread, 1e-12) ** 1.5
+        self.quantiles_ = np.zeros((len(self.probabilities_), x.shape[1]))
+        self.skew_ = np.zeros(x.shape[1])
+        for j in range(x.shape[1]):  # a column at a time: no copy of the whole sample
+            column = np.asarray(x[:, j], np.float64)
+            column = column[~np.isnan(column)]
+            if not len(column):
+                continue
+            self.quantiles_[:, j] = np.quantile(column, self.probabilities_)
+            centred = column - column.mean()
+            spread = np.mean(centred**2)
+            self.skew_[j] = np.mean(centred**3) / max(spread, 1e-12) ** 1.5
         self._lookup = None
         return self
 
@@ -289,9 +297,16 @@ class MarginalTails:
             slope, offset, low, high = self.lookup()
             tables = (slope, offset, low, high)
             self._lookup = tuple(np.ascontiguousarray(t, np.float32) for t in tables)
-        slope, offset, low_table, high_table = self._lookup
         skewed = (self.skew_ < 0).astype(np.float32)
         sums = np.zeros((3, len(x)))  # left tails, right tails, each input's skewed side
+        for first in range(0, len(x), DISTANCE_ROWS):
+            rows = slice(first, first + DISTANCE_ROWS)
+            self._add_tails(x[rows], sums[:, rows], skewed)
+        return np.where(np.isnan(x).any(axis=1), np.nan, sums.max(axis=0))
+
+    def _add_tails(self, x: np.ndarray, sums: np.ndarray, skewed: np.ndarray) -> None:
+        """Add the rows' left, right and skewed-side tails to ``sums`` ``(3, n)``."""
+        slope, offset, low_table, high_table = self._lookup
         for start in range(0, len(slope), TAIL_BLOCK):
             block = slice(start, start + TAIL_BLOCK)
             entry = np.asarray(x[:, block], np.float32) * slope[block]
@@ -304,7 +319,6 @@ class MarginalTails:
             sums[0] += low.sum(axis=1)
             sums[1] += high.sum(axis=1)
             sums[2] += low @ skewed[block] + high @ (1 - skewed[block])
-        return np.where(np.isnan(x).any(axis=1), np.nan, sums.max(axis=0))
 
     def to_dict(self) -> dict[str, Any]:
         """The kept quantiles and skews as JSON-ready values."""
