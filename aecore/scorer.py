@@ -168,7 +168,8 @@ def tail_probabilities(rows: int) -> np.ndarray:
     """Probabilities at which a distribution is kept: dense in both tails, to ``1 / (rows + 1)``."""
     least = 1 / (rows + 1)
     tail = np.geomspace(least, 0.05, TAIL_POINTS, endpoint=False)
-    return np.concatenate([tail, np.linspace(0.05, 0.95, BODY_POINTS), (1 - tail)[::-1]])
+    kept = np.concatenate([tail, np.linspace(0.05, 0.95, BODY_POINTS), (1 - tail)[::-1]])
+    return np.unique(kept)  # ascending, also for fewer than 19 rows (least above 5 %)
 
 
 @dataclass

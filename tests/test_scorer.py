@@ -36,6 +36,17 @@ def test_surprise_is_minus_log_of_the_upper_share_and_keeps_rising_beyond_the_la
     np.testing.assert_array_equal(again(values[:100]), surprise(values[:100]))
 
 
+def test_surprise_and_tails_keep_their_order_on_a_handful_of_rows():
+    values = np.array([0.3, 1.0, 2.0, 5.0, 9.0])
+    surprise = Surprise().fit(values)
+    assert (np.diff(surprise.values_) >= 0).all()
+    assert (np.diff(surprise(np.linspace(0, 12, 50))) >= 0).all()
+    tails = MarginalTails().fit(values[:, None])
+    assert (np.diff(tails.probabilities_) > 0).all()
+    low, median, high = tails.score(np.array([[-5.0], [2.0], [20.0]]))
+    assert median < 1.5 < min(low, high)  # the median is typical, both far sides are not
+
+
 def test_surprise_of_a_constant_view_is_finite_and_still_orders_larger_values():
     surprise = Surprise().fit(np.full(100, 2.0))
     scores = surprise(np.array([1.0, 2.0, 3.0, 4.0]))
