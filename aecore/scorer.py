@@ -15,7 +15,7 @@ from aecore.io import reading_state, write_json
 if TYPE_CHECKING:
     from aecore.models import Outputs
 
-DISTANCE_ROWS = 65536  # rows whose latent distance or tails are computed at once
+SCORE_ROWS = 65536  # rows whose latent distances or tails are computed at once
 TAIL_POINTS = 40  # quantiles spaced geometrically in each tail, down to 1 / (rows + 1)
 BODY_POINTS = 91  # quantiles spaced evenly between the tails (every 1 % of 5 % to 95 %)
 TAIL_BLOCK = 64  # inputs whose tails are looked up at once
@@ -81,11 +81,13 @@ class AnomalyScorer:
         self.column_scale_ = np.maximum(scale, 1e-3 * scale.mean() + 1e-12)
         self.kl_scale_ = max(float(kl.astype(np.float64).mean()) if len(kl) else 0.0, 1e-12)
         z = latents.astype(np.float64)
+        self.latent_mean_, self.latent_std_ = z.mean(axis=0), z.std(axis=0)  # drift: always
+        if not self.latent_weight:  # no distance in the score: no precision to keep
+            self.latent_precision_ = np.zeros((0, 0))
+            return
         covariance = np.atleast_2d(np.cov(z, rowvar=False, ddof=0)) if len(z) > 1 else None
-        k = z.shape[1]
-        self.latent_mean_, self.latent_std_ = z.mean(axis=0), z.std(axis=0)
         self.latent_precision_ = (
-            np.eye(k) if covariance is None else np.linalg.pinv(covariance, hermitian=True)
+            np.eye(z.shape[1]) if covariance is None else np.linalg.pinv(covariance, hermitian=True)
         )
 
     def scaled_errors(self, errors: np.ndarray) -> np.ndarray:
@@ -97,28 +99,21 @@ class AnomalyScorer:
         return errors / self.column_scale_.astype(np.float32)
 
     def score(
-        self,
-        latents: np.ndarray,
-        errors: np.ndarray,
-        kl: np.ndarray | None = None,
-        scaled: np.ndarray | None = None,
+        self, latents: np.ndarray, errors: np.ndarray, kl: np.ndarray | None = None
     ) -> np.ndarray:
-        """The anomaly score of each row ``(n,)``; ``scaled`` when already computed.
+        """The anomaly score of each row ``(n,)``: only the terms its weights use.
 
         Raises:
             ValueError: the score weighs the KL divergence and ``kl`` is missing.
         """
         score = np.zeros(len(latents))
-        if self.latent_weight < 1:
-            if scaled is None:  # the mean of the scaled errors, in one pass
-                term = errors @ (1 / self.column_scale_ / errors.shape[1]).astype(errors.dtype)
-            else:
-                term = scaled.mean(axis=1, dtype=np.float64)
+        if self.latent_weight < 1:  # the mean of the scaled errors, in one pass
+            term = errors @ (1 / self.column_scale_ / errors.shape[1]).astype(errors.dtype)
             score += (1 - self.latent_weight) * term
         if self.latent_weight > 0:
             distance = np.empty(len(latents))
-            for start in range(0, len(latents), DISTANCE_ROWS):  # bounded temporaries
-                offset = latents[start : start + DISTANCE_ROWS] - self.latent_mean_
+            for start in range(0, len(latents), SCORE_ROWS):  # bounded temporaries
+                offset = latents[start : start + SCORE_ROWS] - self.latent_mean_
                 rows = slice(start, start + len(offset))
                 distance[rows] = ((offset @ self.latent_precision_) * offset).sum(axis=1)
             score += self.latent_weight * distance / max(latents.shape[1], 1)
@@ -294,14 +289,12 @@ class MarginalTails:
         A table lookup per value (``lookup``), in blocks of ``TAIL_BLOCK`` inputs so that
         memory stays bounded on wide tables.
         """
-        if self._lookup is None:
-            slope, offset, low, high = self.lookup()
-            tables = (slope, offset, low, high)
-            self._lookup = tuple(np.ascontiguousarray(t, np.float32) for t in tables)
+        if self._lookup is None:  # derived from the kept quantiles, once
+            self._lookup = tuple(np.ascontiguousarray(t, np.float32) for t in self.lookup())
         skewed = (self.skew_ < 0).astype(np.float32)
         sums = np.zeros((3, len(x)))  # left tails, right tails, each input's skewed side
-        for first in range(0, len(x), DISTANCE_ROWS):
-            rows = slice(first, first + DISTANCE_ROWS)
+        for first in range(0, len(x), SCORE_ROWS):
+            rows = slice(first, first + SCORE_ROWS)
             self._add_tails(x[rows], sums[:, rows], skewed)
         return np.where(np.isnan(x).any(axis=1), np.nan, sums.max(axis=0))
 
