@@ -1,0 +1,228 @@
+"""Local views beside the fused score: a probe, by half.
+
+aepipe's default score (``evaluate.score: fused``) loses most on the "local" sets, where
+a row is odd only next to its neighbours (vowels, fault, letter; optdigits by cluster):
+ADBench's k-NN and CBLOF win there. This probe trains aepipe's default model through
+the pipeline's own stages (as ``anomaly.py`` does), computes the fused score's views
+exactly as the evaluate stage does, and adds candidate local views, each as its
+``Surprise`` among the training rows:
+
+- ``km<C>.lat``, ``km<C>.in``: the distance to the nearest of ``C`` k-means centres of the
+  training rows, in the whitened widest latent code or in the model's inputs;
+- ``knn.lat``, ``knn.in``: the distance to the 5th nearest of at most 2048 kept training
+  rows, the same two spaces.
+
+The test rows' surprises of every view are cached (``--cache``), so that fusions are
+compared without retraining: the default (the maximum of its views) against the default
+with one or two local views more (a view with more centres than a quarter of the
+training rows, Pima's 128, is left out there), and two other fusions (``top2``, the mean
+of the two largest surprises; ``sum``). Mean AUROC by half.
+
+Measured on 2026-11-25, seeds 0-2, then fresh splits (seeds 3-5), even / odd:
+
+================  ===============  ===============
+score             seeds 0-2        seeds 3-5
+================  ===============  ===============
+default           0.7635 / 0.7393  0.7655 / 0.7395
++knn.in           0.7701 / 0.7392  0.7694 / 0.7393
++knn.in, top2     0.7754 / 0.7367  0.7765 / 0.7361
++km128.in         0.7717 / 0.7312  0.7703 / 0.7277
++km8.lat          0.7628 / 0.7393  0.7643 / 0.7396
++knn.lat          0.7656 / 0.7397  0.7658 / 0.7393
+================  ===============  ===============
+
+The views in the inputs lift the even half, almost all of it on vowels (``+knn.in``:
+0.82 to 0.89; ``+km128.in``: to 0.92, and fault 0.53 to 0.58), and none lifts the odd
+half: ``+knn.in`` moves no odd set by more than 0.004, and ``+km128.in`` loses
+Cardiotocography (0.67 to 0.64), Waveform (0.80 to 0.77) and musk (1.00 to 0.98). The
+views in the latent code move neither half. Alone, the best of them (``knn.in``) reads
+0.747 / 0.693. The best view per set, picked with the labels, would read 0.849 / 0.788
+(0.842 / 0.782): an oracle, not a score. The default row is ``anomaly.py``'s aepipe figure (0.764 / 0.740): the
+views are the pipeline's own. None became a default. A probe: it sets no target.
+
+    .venv/bin/python benchmarks/score_local.py ../shared/datasets/adbench [--cache F.npz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from anomaly import REPO, half, splits  # this folder: the protocol
+from sklearn.cluster import KMeans
+from sklearn.metrics import roc_auc_score
+
+KEPT = 2048  # training rows kept for the neighbour distances
+NEIGHBOURS = 5
+CENTRES = (8, 32, 128)
+FUSIONS = {  # (views, rows) -> (rows,): besides the default's maximum
+    "top2": lambda s: np.sort(s, axis=0)[-2:].mean(axis=0),  # the mean of the two largest
+    "sum": lambda s: s.sum(axis=0),
+}
+
+
+def kth(reference: np.ndarray, rows: np.ndarray, skip_self: np.ndarray | None) -> np.ndarray:
+    """Each row's distance to its ``NEIGHBOURS``-th nearest reference row.
+
+    ``skip_self``: rows that are themselves in ``reference`` (their zero distance skipped).
+    """
+    ref = torch.from_numpy(np.ascontiguousarray(reference, np.float32))
+    parts = [
+        torch.cdist(chunk, ref).topk(NEIGHBOURS + 1, largest=False).values
+        for chunk in torch.from_numpy(np.ascontiguousarray(rows, np.float32)).split(4096)
+    ]
+    found = torch.cat(parts).numpy()
+    pick = np.full(len(rows), NEIGHBOURS - 1)
+    if skip_self is not None:
+        pick[skip_self] = NEIGHBOURS
+    return found[np.arange(len(rows)), pick]
+
+
+def local_views(fit: np.ndarray, test: np.ndarray, name: str, seed: int) -> dict:
+    """k-means and k-NN distances of the fitting and test rows: ``{view: (fit, test)}``."""
+    std = fit.std(axis=0)
+    fit, test = (part / np.where(std > 0, std, 1) for part in (fit, test))
+    found = {}
+    for centres in CENTRES:
+        if len(fit) < 4 * centres:
+            continue
+        km = KMeans(centres, n_init=1, random_state=seed).fit(fit)
+        found[f"km{centres}.{name}"] = tuple(km.transform(part).min(axis=1) for part in (fit, test))
+    kept = np.random.default_rng(seed).permutation(len(fit))[:KEPT]
+    is_kept = np.zeros(len(fit), bool)
+    is_kept[kept] = True
+    found[f"knn.{name}"] = (kth(fit[kept], fit, is_kept), kth(fit[kept], test, None))
+    return found
+
+
+def views(train: np.ndarray, test: np.ndarray) -> tuple[dict, float]:
+    """Every view's surprise on the test rows, the default's included; and the fit seconds."""
+    from aecore.config import resolve_params
+    from aecore.evaluate import make_scorer
+    from aecore.layout import Layout
+    from aecore.models import load_model, model_outputs
+    from aecore.normalize import Normalizer, load_samples
+    from aecore.pipeline import run_stage
+    from aecore.scorer import Surprise
+
+    columns = [f"x{i}" for i in range(train.shape[1])]
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        pd.DataFrame(train, columns=columns).to_parquet(root / "train.parquet")
+        params = resolve_params(REPO / "params.yaml", str(root / "train.parquet"))
+        layout = Layout(root, params.data.dataset)
+        start = time.perf_counter()
+        for stage in ("ingest", "normalize", "train"):
+            run_stage(stage, params, layout)
+        seconds = time.perf_counter() - start
+        model = load_model(layout.model)
+        normalizer = Normalizer.from_json(layout.normalizer)
+        x_fit = load_samples(layout.processed, {"train": params.evaluate.sample_rows})["train"].x
+    x_test = normalizer.transform(pd.DataFrame(test, columns=columns))
+    scorer = make_scorer(params.evaluate)
+    on_fit, on_test = (model_outputs(model, x, scorer.every_prefix) for x in (x_fit, x_test))
+    scorer.fit_rows(on_fit, x_fit)
+    names = [f"p{w}.{v}" for w in on_fit.prefixes for v in ("col", "lat")] + ["tail"]
+    found = dict(
+        zip(
+            names,
+            (s(v) for s, v in zip(scorer.surprises_, scorer.views(on_test, x_test), strict=True)),
+            strict=True,
+        )
+    )
+    seed = params.train.seed
+    local = local_views(on_fit.latents, on_test.latents, "lat", seed)
+    local |= local_views(x_fit, x_test, "in", seed)
+    for view, (a, b) in local.items():
+        found[view] = Surprise().fit(a)(b)
+    return found, seconds
+
+
+def collect(folder: Path, seeds: int, first_seed: int, cache: Path) -> None:
+    """Compute and cache every view's test surprises per set and seed."""
+    stored: dict[str, np.ndarray] = {}
+    for dataset, seed, train, test, y_test in splits(folder, seeds, first_seed=first_seed):
+        start = time.perf_counter()
+        found, seconds = views(train, test)
+        key = f"{dataset}|{seed}"
+        stored[f"{key}|y"] = y_test
+        stored[f"{key}|fit_s"] = np.array(seconds)
+        for view, values in found.items():
+            stored[f"{key}|{view}"] = values
+        print(f"{dataset:20} seed {seed} {time.perf_counter() - start:6.1f} s", flush=True)
+    np.savez_compressed(cache, **stored)
+
+
+def report(cache: Path) -> int:
+    """Mean AUROC by half: the default, and the default with local views beside it."""
+    stored = np.load(cache)
+    runs: dict[str, dict[str, np.ndarray]] = {}
+    for key in stored.files:
+        dataset, seed, view = key.split("|")
+        runs.setdefault(f"{dataset}|{seed}", {})[view] = stored[key]
+    local_names = sorted({v for r in runs.values() for v in r if v.startswith(("km", "knn"))})
+    rows = []
+    for key, found in runs.items():
+        dataset, seed = key.split("|")
+        base = [v for n, v in found.items() if n.startswith(("p", "tail"))]
+        row = {"dataset": dataset, "half": half(dataset), "seed": int(seed)}
+        row["default"] = roc_auc_score(found["y"], np.max(base, axis=0))
+        widths = sorted({int(n[1:].split(".")[0]) for n in found if n.startswith("p")})
+        for name in found:  # the default's views alone: code0 the embedding, then wider
+            if name.startswith("p"):
+                width, view = name[1:].split(".")
+                label = f"code{widths.index(int(width))}.{view}"
+                row[f"{label} alone"] = roc_auc_score(found["y"], found[name])
+        row["tail alone"] = roc_auc_score(found["y"], found["tail"])
+        for name in local_names:  # a view too many centres for the rows: left out
+            extra = [found[name]] if name in found else []
+            row[f"+{name}"] = roc_auc_score(found["y"], np.max([*base, *extra], axis=0))
+            if extra:
+                row[f"{name} alone"] = roc_auc_score(found["y"], found[name])
+        for fusion, fuse in FUSIONS.items():  # other fusions, without and with knn.in
+            row[f"default|{fusion}"] = roc_auc_score(found["y"], fuse(np.stack(base)))
+            with_knn = np.stack([*base, found["knn.in"]])
+            row[f"+knn.in|{fusion}"] = roc_auc_score(found["y"], fuse(with_knn))
+        for a, b in itertools.combinations(local_names, 2):
+            if a.split(".")[1] != b.split(".")[1]:  # one in each space
+                extra = [found[v] for v in (a, b) if v in found]
+                fused = np.max([*base, *extra], axis=0)
+                row[f"+{a}+{b}"] = roc_auc_score(found["y"], fused)
+        rows.append(row)
+    table = pd.DataFrame(rows).drop(columns="seed").groupby(["half", "dataset"]).mean()
+    means = table.groupby(level="half").mean().T.sort_values("even", ascending=False)
+    with pd.option_context("display.width", 250, "display.max_rows", 200):
+        print(means.round(4).to_string())
+        best = [c for c in means.index[:4] if c != "default"][:3]
+        alone = table[[c for c in table.columns if c.endswith(" alone")]]
+        oracle = alone.max(axis=1).groupby(level="half").mean()
+        found = oracle.round(3).to_dict()
+        print(f"\nthe best view per set, picked with the labels (an oracle): {found}")
+        print(table[["default", *best]].round(3).to_string())
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="a folder of *.npz files with X and y")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="3: fresh splits")
+    parser.add_argument("--cache", type=Path, default=Path("score_local.npz"))
+    parser.add_argument("--report", action="store_true", help="report the cache, no new run")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if not args.report:
+        collect(args.folder, args.seeds, args.first_seed, args.cache)
+    return report(args.cache)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
