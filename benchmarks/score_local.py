@@ -53,7 +53,8 @@ other too: the noise picks the column errors (vowels, Wilt, SpamBase up; cardio,
 PageBlocks, Waveform down), the scaling the latent distances. None became a default. A
 probe: it sets no target.
 
-    .venv/bin/python benchmarks/score_local.py ../shared/datasets/adbench [--cache F.npz]
+    .venv/bin/python benchmarks/score_local.py ../shared/datasets/adbench [--first-seed 3]
+    .venv/bin/python benchmarks/score_local.py --report --cache score_local.npz
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ def report(cache: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="a folder of *.npz files with X and y")
+    parser.add_argument("folder", type=Path, nargs="?", help="a folder of *.npz with X and y")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="3: fresh splits")
     parser.add_argument("--cache", type=Path, default=Path("score_local.npz"))
@@ -268,6 +269,8 @@ def main() -> int:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if not args.report:
+        if args.folder is None:
+            parser.error("give the folder of *.npz files, or --report with --cache")
         collect(args.folder, args.seeds, args.first_seed, args.cache)
     return report(args.cache)
 
