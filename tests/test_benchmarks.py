@@ -34,3 +34,25 @@ def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size():
     done = bench("benchmarks/gpu.py", "--device", "cpu", "--rows", "4096", "--steps", "3")
     assert done.returncode in (0, 1), done.stderr
     assert "rows/s" in done.stdout and "TFLOP/s" in done.stdout
+
+
+def test_score_local_probe_reports_both_halves(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name in ("2_even", "3_odd"):  # the half is the parity of the number
+        x = rng.normal(size=(400, 6))
+        y = np.zeros(400, int)
+        y[:20] = 1
+        x[:20] += 4  # anomalies far out: every view should find some of them
+        np.savez(tmp_path / f"{name}.npz", X=x, y=y)
+    cache = tmp_path / "views.npz"
+    done = bench("benchmarks/score_local.py", str(tmp_path), "--seeds", "1", "--cache", str(cache))
+    assert done.returncode == 0, done.stdout + done.stderr
+    means = done.stdout.split("\n\n")[0]
+    default = next(line for line in means.splitlines() if line.startswith("default "))
+    even, odd = (float(value) for value in default.split()[1:])
+    assert even > 0.9 and odd > 0.9, default
+    assert "an oracle" in done.stdout
+    again = bench("benchmarks/score_local.py", "--report", "--cache", str(cache))
+    assert again.returncode == 0 and default in again.stdout
