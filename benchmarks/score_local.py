@@ -76,16 +76,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from anomaly import REPO, half, splits  # this folder: the protocol
+from score_terms import kth_distance
 from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score
 
 if TYPE_CHECKING:
+    from aecore.models import Outputs
     from aecore.scorer import FusedScorer
 
-KEPT = 2048  # training rows kept for the neighbour distances
-NEIGHBOURS = 5
+KEPT = 2048  # training rows kept for the neighbour distances (the 5th: score_terms)
 CENTRES = (8, 32, 128)
 AGREE_SHARE = 0.05  # the most surprising rows of a view, whose overlap makes agreement
 SYNTHETIC = 2000  # training rows, and synthetic anomalies made from them
@@ -100,23 +100,6 @@ FUSIONS = {  # (views, rows) -> (rows,): besides the default's maximum
 }
 
 
-def kth(reference: np.ndarray, rows: np.ndarray, skip_self: np.ndarray | None) -> np.ndarray:
-    """Each row's distance to its ``NEIGHBOURS``-th nearest reference row.
-
-    ``skip_self``: rows that are themselves in ``reference`` (their zero distance skipped).
-    """
-    ref = torch.from_numpy(np.ascontiguousarray(reference, np.float32))
-    parts = [
-        torch.cdist(chunk, ref).topk(NEIGHBOURS + 1, largest=False).values
-        for chunk in torch.from_numpy(np.ascontiguousarray(rows, np.float32)).split(4096)
-    ]
-    found = torch.cat(parts).numpy()
-    pick = np.full(len(rows), NEIGHBOURS - 1)
-    if skip_self is not None:
-        pick[skip_self] = NEIGHBOURS
-    return found[np.arange(len(rows)), pick]
-
-
 def local_views(fit: np.ndarray, test: np.ndarray, name: str, seed: int) -> dict:
     """k-means and k-NN distances of the fitting and test rows: ``{view: (fit, test)}``."""
     std = fit.std(axis=0)
@@ -128,22 +111,22 @@ def local_views(fit: np.ndarray, test: np.ndarray, name: str, seed: int) -> dict
         km = KMeans(centres, n_init=1, random_state=seed).fit(fit)
         found[f"km{centres}.{name}"] = tuple(km.transform(part).min(axis=1) for part in (fit, test))
     kept = np.random.default_rng(seed).permutation(len(fit))[:KEPT]
-    is_kept = np.zeros(len(fit), bool)
-    is_kept[kept] = True
-    found[f"knn.{name}"] = (kth(fit[kept], fit, is_kept), kth(fit[kept], test, None))
+    reference = fit[kept]
+    on_fit = kth_distance(reference, fit, leave_self_out=False)
+    on_fit[kept] = kth_distance(reference, reference, leave_self_out=True)  # self skipped
+    found[f"knn.{name}"] = (on_fit, kth_distance(reference, test, leave_self_out=False))
     return found
 
 
-def surprises(scorer: FusedScorer, model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+def surprises(scorer: FusedScorer, outputs: Outputs, x: np.ndarray) -> np.ndarray:
     """The surprise of each of the fused score's views of the rows ``x``: ``(views, n)``."""
-    from aecore.models import model_outputs
-
-    values = scorer.views(model_outputs(model, x, scorer.every_prefix), x)
+    values = scorer.views(outputs, x)
     return np.stack([s(v) for s, v in zip(scorer.surprises_, values, strict=True)])
 
 
-def views(train: np.ndarray, test: np.ndarray) -> tuple[dict, float]:
-    """Every view's surprise on the test rows, the default's included; and the fit seconds."""
+def views(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
+    """Every view's surprise on the test rows (the default's included), and the synthetic
+    rows' surprises of the default's views."""
     from aecore.config import resolve_params
     from aecore.evaluate import make_scorer
     from aecore.layout import Layout
@@ -158,10 +141,8 @@ def views(train: np.ndarray, test: np.ndarray) -> tuple[dict, float]:
         pd.DataFrame(train, columns=columns).to_parquet(root / "train.parquet")
         params = resolve_params(REPO / "params.yaml", str(root / "train.parquet"))
         layout = Layout(root, params.data.dataset)
-        start = time.perf_counter()
         for stage in ("ingest", "normalize", "train"):
             run_stage(stage, params, layout)
-        seconds = time.perf_counter() - start
         model = load_model(layout.model)
         normalizer = Normalizer.from_json(layout.normalizer)
         x_fit = load_samples(layout.processed, {"train": params.evaluate.sample_rows})["train"].x
@@ -170,17 +151,17 @@ def views(train: np.ndarray, test: np.ndarray) -> tuple[dict, float]:
     on_fit, on_test = (model_outputs(model, x, scorer.every_prefix) for x in (x_fit, x_test))
     scorer.fit_rows(on_fit, x_fit)
     names = [f"p{w}.{v}" for w in on_fit.prefixes for v in ("col", "lat")] + ["tail"]
-    found = dict(zip(names, surprises(scorer, model, x_test), strict=True))
+    found = dict(zip(names, surprises(scorer, on_test, x_test), strict=True))
     seed = params.train.seed
     rng = np.random.default_rng(seed)
     sample = x_fit[rng.permutation(len(x_fit))[:SYNTHETIC]]
     for part, x in {"fit": sample, **{k: make(sample, rng) for k, make in MAKERS.items()}}.items():
-        found[f"{part}:base"] = surprises(scorer, model, x)
+        found[f"{part}:base"] = surprises(scorer, model_outputs(model, x, True), x)
     local = local_views(on_fit.latents, on_test.latents, "lat", seed)
     local |= local_views(x_fit, x_test, "in", seed)
     for view, (a, b) in local.items():
         found[view] = Surprise().fit(a)(b)
-    return found, seconds
+    return found
 
 
 def collect(folder: Path, seeds: int, first_seed: int, cache: Path) -> None:
@@ -188,10 +169,9 @@ def collect(folder: Path, seeds: int, first_seed: int, cache: Path) -> None:
     stored: dict[str, np.ndarray] = {}
     for dataset, seed, train, test, y_test in splits(folder, seeds, first_seed=first_seed):
         start = time.perf_counter()
-        found, seconds = views(train, test)
+        found = views(train, test)
         key = f"{dataset}|{seed}"
         stored[f"{key}|y"] = y_test
-        stored[f"{key}|fit_s"] = np.array(seconds)
         for view, values in found.items():
             stored[f"{key}|{view}"] = values
         print(f"{dataset:20} seed {seed} {time.perf_counter() - start:6.1f} s", flush=True)
@@ -249,9 +229,11 @@ def report(cache: Path) -> int:
     rows = []
     for key, found in runs.items():
         dataset, seed = key.split("|")
-        base = [v for n, v in found.items() if n.startswith(("p", "tail"))]
+        pool = {n: v for n, v in found.items() if n.startswith(("p", "tail"))}
+        base = list(pool.values())  # the default's views
+        stacked = np.stack(base)
         row = {"dataset": dataset, "half": half(dataset), "seed": int(seed)}
-        row["default"] = roc_auc_score(found["y"], np.max(base, axis=0))
+        row["default"] = roc_auc_score(found["y"], stacked.max(axis=0))
         widths = sorted({int(n[1:].split(".")[0]) for n in found if n.startswith("p")})
         for name in found:  # the default's views alone: code0 the embedding, then wider
             if name.startswith("p"):
@@ -264,12 +246,11 @@ def report(cache: Path) -> int:
             row[f"+{name}"] = roc_auc_score(found["y"], np.max([*base, *extra], axis=0))
             if extra:
                 row[f"{name} alone"] = roc_auc_score(found["y"], found[name])
-        row |= synthetic_choices(found, np.stack(base))
-        pool = {n: v for n, v in found.items() if n.startswith(("p", "tail"))}
+        row |= synthetic_choices(found, stacked)
         row |= agreeing_choices(pool | {"knn.in": found["knn.in"]}, found["y"])
+        with_knn = np.vstack([stacked, found["knn.in"]])
         for fusion, fuse in FUSIONS.items():  # other fusions, without and with knn.in
-            row[f"default|{fusion}"] = roc_auc_score(found["y"], fuse(np.stack(base)))
-            with_knn = np.stack([*base, found["knn.in"]])
+            row[f"default|{fusion}"] = roc_auc_score(found["y"], fuse(stacked))
             row[f"+knn.in|{fusion}"] = roc_auc_score(found["y"], fuse(with_knn))
         for a, b in itertools.combinations(local_names, 2):
             if a.split(".")[1] != b.split(".")[1]:  # one in each space
