@@ -16,7 +16,7 @@ import yaml
 from aecore.errors import AepipeError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-NORMALIZE_METHODS = ("zscore", "minmax", "robust")
+NORMALIZE_METHODS = ("zscore", "minmax", "robust", "iqr")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TASK_RUNNERS = ("local", "dask")
 SCORES = ("fused", "weighted")  # evaluate.score: aecore.scorer's two anomaly scores

@@ -42,6 +42,7 @@ SPLIT = "split"
 OTHER = "__other__"  # the one-hot slot of missing values and categories unseen in training
 DATETIME_PARTS = ("t", "dow_sin", "dow_cos", "hour_sin", "hour_cos")
 MISSING = "__missing"
+IQR_PER_STD = 1.349  # the interquartile range of a normal distribution, in standard deviations
 NUMBERS = {"numeric": 1, "datetime": len(DATETIME_PARTS)}  # scaled inputs per column kind
 Frame = pd.DataFrame | pa.Table | pa.RecordBatch
 
@@ -58,7 +59,10 @@ class Normalizer:
 
     Numbers and datetime parts are imputed with the train median and scaled: ``zscore``
     matches scikit-learn's StandardScaler, ``minmax`` its MinMaxScaler and ``robust``
-    its RobustScaler; a constant column gets scale 1, so it maps to 0. One-hot and
+    its RobustScaler; ``iqr`` centres on the mean and divides by the standard deviation
+    that the interquartile range implies (``IQR / 1.349``; the standard deviation where
+    the IQR is 0), so that the outliers among the training rows do not shrink every
+    other row's scaled values. A constant column gets scale 1, so it maps to 0. One-hot and
     missing-indicator inputs stay 0/1. ``encoded`` names the model inputs and ``blocks``
     gives, per source column, ``("num" | "cat", width)`` in the same order.
     """
@@ -445,7 +449,7 @@ class NormalizerFit:
     Exact: category counts (up to ``max_onehot``), missing values, counts, means and
     variances (merged with Chan's formula), minima and maxima. From a uniform sample of
     ``sample_rows`` rows: the medians that impute missing values and the quartiles of
-    ``robust``; exact when every training row fits in the sample.
+    ``robust`` and ``iqr``; exact when every training row fits in the sample.
     """
 
     def __init__(
@@ -557,10 +561,11 @@ class NormalizerFit:
         """Over the training rows with missing values imputed by ``median``."""
         n, missing = self.n, self.n - self.n_obs
         method = self.normalizer.method
+        mean = (self.n_obs * self.mean + missing * median) / max(n, 1)
+        m2 = self.m2 + self.n_obs * missing / max(n, 1) * (self.mean - median) ** 2
+        std = np.sqrt(np.maximum(m2, 0.0) / max(n, 1))
         if method == "zscore":
-            mean = (self.n_obs * self.mean + missing * median) / max(n, 1)
-            m2 = self.m2 + self.n_obs * missing / max(n, 1) * (self.mean - median) ** 2
-            return mean, np.sqrt(np.maximum(m2, 0.0) / max(n, 1))
+            return mean, std
         if method == "minmax":
             low = np.where(missing > 0, np.minimum(self.low, median), self.low)
             high = np.where(missing > 0, np.maximum(self.high, median), self.high)
@@ -570,7 +575,10 @@ class NormalizerFit:
         if not len(imputed):
             return np.zeros(len(median)), np.ones(len(median))
         q25, center, q75 = np.percentile(imputed, [25, 50, 75], axis=0)
-        return center, q75 - q25
+        if method == "robust":
+            return center, q75 - q25
+        spread = (q75 - q25) / IQR_PER_STD  # iqr
+        return mean, np.where(spread > 0, spread, std)
 
 
 @dataclass(frozen=True)

@@ -188,10 +188,11 @@ def run(
     methods: list[str],
     names: tuple[str, ...] | None = None,
     only_half: str | None = None,
+    first_seed: int = 0,
 ) -> pd.DataFrame:
     """Every method on every set (or ``names``, or one half), seed by seed: one row each."""
     rows, kinds = [], other_kinds()
-    for dataset, seed, train, test, y_test in splits(folder, seeds, names, only_half):
+    for dataset, seed, train, test, y_test in splits(folder, seeds, names, only_half, first_seed):
         for method in methods:
             with tempfile.TemporaryDirectory() as folder_name:
                 if method == OURS or method in kinds:
@@ -305,6 +306,9 @@ def main() -> int:
     parser.add_argument("folder", type=Path, help="a folder of *.npz files with X and y")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="3: fresh splits, to confirm a choice"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help=f"six sets only ({', '.join(QUICK)}), for development"
     )
     parser.add_argument("--half", choices=("even", "odd"), help="only the sets of this half")
@@ -347,7 +351,7 @@ def main() -> int:
         results.to_csv(args.csv, index=False)
         return report(results, args.csv)
     names = QUICK if args.quick else None
-    results = run(args.folder, args.seeds, methods, names, args.half)
+    results = run(args.folder, args.seeds, methods, names, args.half, args.first_seed)
     results.to_csv(args.csv, index=False)
     if OURS not in methods:
         return 0

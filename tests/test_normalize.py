@@ -33,6 +33,23 @@ def test_matches_scikit_learn(frame, method, scaler):
     assert ours.dtype == np.float32
 
 
+def test_iqr_is_the_spread_of_the_bulk_not_of_the_outliers():
+    generator = np.random.default_rng(0)
+    bulk = generator.normal(5.0, 2.0, size=2000)
+    wild = np.concatenate([bulk, generator.normal(500.0, 50.0, size=100)])  # 5 % outliers
+    sparse = np.where(generator.random(2100) < 0.1, 1.0, 0.0)  # IQR 0: the std instead
+    frame = pd.DataFrame({"wild": wild, "sparse": sparse})
+    iqr = make_normalizer(["wild", "sparse"], "iqr").fit(frame)
+    q25, q75 = np.percentile(wild, [25, 75])
+    np.testing.assert_allclose(iqr.center_, [wild.mean(), sparse.mean()], rtol=1e-12)
+    np.testing.assert_allclose(iqr.scale_, [(q75 - q25) / 1.349, sparse.std()], rtol=1e-12)
+    assert iqr.scale_[0] == pytest.approx(2.0, rel=0.1)  # the bulk's standard deviation
+    zscore = make_normalizer(["wild"], "zscore").fit(frame)
+    assert zscore.scale_[0] > 40  # inflated by the outliers: the bulk squeezed towards 0
+    bulk_scaled = iqr.transform(frame)[:2000, 0]
+    assert bulk_scaled.std() == pytest.approx(1.0, rel=0.1)
+
+
 def test_constant_column_maps_to_zero(frame):
     normalizer = make_normalizer(COLUMNS).fit(frame)
     assert normalizer.scale_[COLUMNS.index("constant")] == 1.0
@@ -92,7 +109,7 @@ def test_bottom_k_is_the_same_sample_whatever_the_order():
     assert not shuffled.complete and BottomK(10_001).complete is True
 
 
-@pytest.mark.parametrize("method", ["zscore", "minmax", "robust"])
+@pytest.mark.parametrize("method", ["zscore", "minmax", "robust", "iqr"])
 def test_fit_in_batches_equals_the_fit_in_one_piece(frame, method):
     holes = frame.copy()
     holes.loc[::7, "a"] = np.nan
