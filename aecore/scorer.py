@@ -221,13 +221,19 @@ class MarginalTails:
     Per model input, ``-log`` of the training share at or below the value (left) and at
     or above it (right), from quantiles kept dense in both tails; summed over inputs as
     the left tails, the right tails, and each input's tail on the side of its skew; the
-    largest of the three. Cheap to score: a lookup per input, no kept rows.
+    largest of the three. Beyond the training range, an input's tail keeps growing by 1
+    per unit of the input (the normalizer's scale, about a standard deviation), so that
+    values never seen still rank by how far out they lie. Cheap to score: a lookup per
+    input, no kept rows.
     """
 
     probabilities_: np.ndarray = field(default_factory=lambda: np.zeros(0))
     quantiles_: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     skew_: np.ndarray = field(default_factory=lambda: np.zeros(0))
     _lookup: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _range: np.ndarray = field(
+        default_factory=lambda: np.zeros((2, 0)), init=False, repr=False, compare=False
+    )
 
     def fit(self, x: np.ndarray) -> MarginalTails:
         """Keep each input's quantiles and skew over the training rows ``x`` ``(n, d)``."""
@@ -291,6 +297,7 @@ class MarginalTails:
         """
         if self._lookup is None:  # derived from the kept quantiles, once
             self._lookup = tuple(np.ascontiguousarray(t, np.float32) for t in self.lookup())
+            self._range = self.quantiles_[[0, -1]].astype(np.float32)
         skewed = (self.skew_ < 0).astype(np.float32)
         sums = np.zeros((3, len(x)))  # left tails, right tails, each input's skewed side
         for first in range(0, len(x), SCORE_ROWS):
@@ -310,6 +317,9 @@ class MarginalTails:
             index = entry.astype(np.int32)  # the floor, as every entry is at least 0
             index += np.arange(index.shape[1], dtype=np.int32) * (TAIL_BINS + 2)
             low, high = low_table[block].ravel()[index], high_table[block].ravel()[index]
+            values = np.asarray(x[:, block], np.float32)
+            low += np.maximum(self._range[0][block] - values, 0)  # beyond the training range
+            high += np.maximum(values - self._range[1][block], 0)
             sums[0] += low.sum(axis=1)
             sums[1] += high.sum(axis=1)
             sums[2] += low @ skewed[block] + high @ (1 - skewed[block])

@@ -87,7 +87,10 @@ def test_marginal_tails_rank_rows_as_ecod_does():
     far = rows[:1] + np.array([[0.0, 50.0, 0.0]])  # far out in one column's right tail
     farther = rows[:1] + np.array([[0.0, 100.0, 0.0]])
     assert tails.score(far)[0] > tails.score(rows[:1])[0]
-    assert tails.score(far)[0] == tails.score(farther)[0]  # beyond every training value
+    # beyond every training value, the tail grows by the distance past the largest
+    assert tails.score(farther)[0] - tails.score(far)[0] == pytest.approx(50.0, rel=1e-5)
+    low, lower = (rows[:1] - np.array([[shift, 0.0, 0.0]]) for shift in (100.0, 130.0))
+    assert tails.score(lower)[0] - tails.score(low)[0] == pytest.approx(30.0, rel=1e-5)
     assert np.sign(tails.skew_).tolist() == [pytest.approx(0, abs=1), 1.0, -1.0]
     broken = rows[:2].copy()
     broken[0, 1] = np.nan
