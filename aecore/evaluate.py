@@ -16,7 +16,7 @@ from aecore.io import write_json
 from aecore.models import EVAL_BATCH, load_model, model_outputs, row_errors
 from aecore.normalize import Normalizer, load_samples
 from aecore.schema import read_schema
-from aecore.scorer import AnomalyScorer, FusedScorer, Reference
+from aecore.scorer import AnomalyScorer, FusedScorer, Reference, training_constants
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 PLOT_ROWS = 20_000  # points in the latent map: more only hides each other
@@ -195,7 +195,9 @@ def evaluate(
         image_shape=image_shape,
     )
     write_report(report, out_dir)
-    scoring_reference(schema, threshold, val_errors, scorer).write(out_dir / "reference.json")
+    constants = training_constants(train.x, features, schema["blocks"])
+    reference = scoring_reference(schema, threshold, val_errors, scorer, constants)
+    reference.write(out_dir / "reference.json")
     write_json(metrics, out_dir / "metrics.json")
     return metrics
 
@@ -208,12 +210,17 @@ def make_scorer(config: EvaluateConfig) -> AnomalyScorer | FusedScorer:
 
 
 def scoring_reference(
-    schema: dict, threshold: float, val_errors: np.ndarray, scorer: AnomalyScorer | FusedScorer
+    schema: dict,
+    threshold: float,
+    val_errors: np.ndarray,
+    scorer: AnomalyScorer | FusedScorer,
+    constants: dict[str, dict[str, list]] | None = None,
 ) -> Reference:
     """What scoring new rows needs besides the weights and the normalizer.
 
-    The columns and their kinds, the anomaly score's parameters and threshold, and the
-    held-out error quantiles and latent moments that a scored batch is compared with.
+    The columns and their kinds, the anomaly score's parameters and threshold, the
+    held-out error quantiles and latent moments that a scored batch is compared with, and
+    the columns constant in training (``training_constants``).
     """
     return Reference(
         features=list(schema["features"]),
@@ -224,4 +231,5 @@ def scoring_reference(
         threshold=float(threshold),
         error_quantiles=np.quantile(val_errors, np.linspace(0, 1, 201)).tolist(),
         scorer=scorer,
+        constants=constants or {},
     )

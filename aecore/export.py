@@ -55,6 +55,7 @@ def latent_columns(
     outputs = model_outputs(model, x, reference.scorer.every_prefix)
     latents, feature_errors = outputs.embedding, outputs.errors[0]
     scaled = reference.scorer.scaled_errors(feature_errors)
+    scaled[reference.at_constants(x)] = -1.0  # unchanged from training: never the reason
     scores = reference.scorer.score_rows(outputs, x)
     z_type = np.float16 if quantize else np.float32
     columns = {f"z{i}": pa.array(latents[:, i].astype(z_type)) for i in range(latents.shape[1])}

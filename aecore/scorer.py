@@ -447,8 +447,10 @@ class Reference:
     """What scoring a row needs besides the weights and the normalizer (reference.json).
 
     The training columns and their kinds (a scored batch is checked against them), the
-    fitted anomaly score and its threshold, and the held-out error quantiles that a
-    scored batch's errors are compared with (drift).
+    fitted anomaly score and its threshold, the held-out error quantiles that a
+    scored batch's errors are compared with (drift), and the columns that were constant
+    in training: ``{column: {"inputs": [model input, ...], "values": [value, ...]}}``,
+    which ``top_features`` names only where a row's value differs.
     """
 
     features: list[str]
@@ -459,6 +461,7 @@ class Reference:
     threshold: float
     error_quantiles: list[float]
     scorer: AnomalyScorer | FusedScorer
+    constants: dict[str, dict[str, list]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: the fields, the scorer's keys beside them."""
@@ -481,6 +484,7 @@ class Reference:
             threshold=float(state["threshold"]),
             error_quantiles=[float(q) for q in state["error_quantiles"]],
             scorer=(FusedScorer if "fused" in state else AnomalyScorer).from_dict(state),
+            constants=dict(state.get("constants", {})),  # absent before aepipe wrote it
         )
 
     @classmethod
@@ -497,3 +501,31 @@ class Reference:
     def write(self, path: Path) -> Path:
         """Write ``reference.json`` atomically."""
         return write_json(self.to_dict(), path)
+
+    def at_constants(self, x: np.ndarray) -> np.ndarray:
+        """``(n, columns)``: True where a row holds the value its column had in every training row.
+
+        ``x`` holds the rows' model inputs; a missing value is never at the constant.
+        """
+        same = np.zeros((len(x), len(self.features)), dtype=bool)
+        for name, constant in self.constants.items():
+            values = np.asarray(constant["values"], dtype=x.dtype)
+            same[:, self.features.index(name)] = (x[:, constant["inputs"]] == values).all(axis=1)
+        return same
+
+
+def training_constants(
+    x: np.ndarray, features: list[str], blocks: list[tuple[str, int]]
+) -> dict[str, dict[str, list]]:
+    """The source columns whose model inputs hold one value in every training row ``x``.
+
+    ``blocks`` gives each column's number of inputs (``Normalizer.blocks``), in order.
+    """
+    constants, start = {}, 0
+    for name, (_, width) in zip(features, blocks, strict=True):
+        inputs = list(range(start, start + width))
+        start += width
+        first = x[:1, inputs]
+        if len(x) and not np.isnan(first).any() and (x[:, inputs] == first).all():
+            constants[name] = {"inputs": inputs, "values": first[0].tolist()}
+    return constants

@@ -19,7 +19,7 @@ from aecore.layout import Layout
 from aecore.models import encode_and_reconstruct, load_model, row_errors
 from aecore.normalize import Normalizer, load_features, normalize
 from aecore.schema import ingest, read_schema
-from aecore.scorer import AnomalyScorer
+from aecore.scorer import AnomalyScorer, Reference, training_constants
 from aecore.train import fit_autoencoder
 from tests.conftest import data_config, normalize_config
 
@@ -52,7 +52,8 @@ def trained(tmp_path, frame, params):
     x, is_val, schema = features.x, features.is_val, read_schema(layout.processed)
     latents, errors, _ = encode_and_reconstruct(load_model(layout.model), x)
     scorer = AnomalyScorer(latent_weight=0.5).fit(latents[~is_val], errors[~is_val])
-    reference = scoring_reference(schema, 0.5, row_errors(errors[is_val]), scorer)
+    constants = training_constants(x[~is_val], schema["features"], schema["blocks"])
+    reference = scoring_reference(schema, 0.5, row_errors(errors[is_val]), scorer, constants)
     reference.write(layout.reference)
     return layout
 
@@ -177,6 +178,22 @@ def test_top_features_name_the_corrupted_column(trained, frame, tmp_path):
         for e in feature_errors[10:20]
     ]
     assert names[10:20] == expected  # the three largest errors, largest first
+
+
+def test_top_features_name_a_column_constant_in_training_only_when_it_changes(trained, frame):
+    """A column the model rebuilds almost exactly is not blamed for the model's drift."""
+    from aecore.export import latent_columns
+
+    normalizer = Normalizer.from_json(trained.normalizer)
+    reference = Reference.read(trained.reference)
+    broken = frame.copy()
+    broken.loc[:99, "c"] += np.linspace(-30.0, 30.0, 100)  # off in c: constant unchanged
+    broken.loc[100:109, "constant"] = 5.0  # the training constant was 1.0
+    columns, _ = latent_columns(load_model(trained.model), normalizer.transform(broken), reference)
+    names = columns["top_features"].to_pylist()
+    blamed = [i for i, row in enumerate(names) if "constant" in row]
+    assert blamed == list(range(100, 110)), f"'constant' blamed in rows {blamed}"
+    assert all(row[0] == "constant" for row in names[100:110])
 
 
 def test_partitions_get_the_users_umask(trained):

@@ -1,6 +1,7 @@
 """The fused anomaly score's parts: surprises, marginal tails, nested latents, the fusion."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -16,7 +17,14 @@ from aecore.models import (
     nested_widths,
     save_model,
 )
-from aecore.scorer import AnomalyScorer, FusedScorer, MarginalTails, Reference, Surprise
+from aecore.scorer import (
+    AnomalyScorer,
+    FusedScorer,
+    MarginalTails,
+    Reference,
+    Surprise,
+    training_constants,
+)
 from aecore.train import train
 
 
@@ -193,9 +201,15 @@ def test_fused_score_survives_the_scoring_reference(tmp_path):
         threshold=3.0,
         error_quantiles=[0.0, 1.0],
         scorer=scorer,
+        constants={"c": {"inputs": [2], "values": [0.0]}},
     )
     again = Reference.read(reference.write(tmp_path / "reference.json"))
     assert isinstance(again.scorer, FusedScorer)
+    assert again.constants == reference.constants
+    older = json.loads((tmp_path / "reference.json").read_text())
+    del older["constants"]  # written before aepipe kept the training constants
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert Reference.read(tmp_path / "older.json").constants == {}
     np.testing.assert_array_equal(
         again.scorer.score_rows(outputs, x), scorer.score_rows(outputs, x)
     )
@@ -229,3 +243,30 @@ def test_the_fused_score_finds_planted_outliers_through_a_trained_nested_model(p
     scorer = FusedScorer(trim=0.2).fit_rows(model_outputs(model, x[:1200]), x[:1200])
     scores = scorer.score_rows(model_outputs(model, x), x)
     assert roc_auc_score(labels, scores) > 0.95
+
+
+def test_training_constants_are_the_columns_whose_inputs_never_change():
+    x = np.array(
+        [  # a varies; b is constant; c is one-hot of one category; d's indicator varies
+            [0.1, 0.0, 1.0, 0.0, 0.0, 0.0],
+            [0.7, 0.0, 1.0, 0.0, 0.0, 1.0],
+            [0.3, 0.0, 1.0, 0.0, 0.0, 0.0],
+        ],
+        dtype=np.float32,
+    )
+    blocks = [("num", 1), ("num", 1), ("cat", 2), ("num", 2)]
+    constants = training_constants(x, ["a", "b", "c", "d"], blocks)
+    assert constants == {
+        "b": {"inputs": [1], "values": [0.0]},
+        "c": {"inputs": [2, 3], "values": [1.0, 0.0]},
+    }
+    reference = Reference(
+        ["a", "b", "c", "d"], {}, {}, "id", None, 1.0, [0.0], AnomalyScorer(0.0), constants
+    )
+    rows = np.array(
+        [[5.0, 0.0, 1.0, 0.0, 0.0, 0.0], [5.0, 2.0, 0.0, 1.0, np.nan, 1.0]], dtype=np.float32
+    )
+    np.testing.assert_array_equal(
+        reference.at_constants(rows), [[False, True, True, False], [False, False, False, False]]
+    )
+    assert training_constants(x[:0], ["a", "b", "c", "d"], blocks) == {}
