@@ -370,7 +370,11 @@ class PipelineRun:
             client.set_model_version_tag(registered.name, registered.version, key, value)
         client.update_model_version(registered.name, registered.version, description)
         champion, reason = promote(
-            registered.name, registered.version, metrics["recon_mse"], self.layout
+            registered.name,
+            registered.version,
+            metrics["recon_mse"],
+            self.layout,
+            self.params.normalize.method,
         )
         mlflow.set_tag("aepipe.champion", reason)
         self.pending = None
@@ -408,11 +412,16 @@ def track_pipeline(
             raise
 
 
-def promote(name: str, version: str, val_error: float, layout: Layout) -> tuple[bool, str]:
+def promote(
+    name: str, version: str, val_error: float, layout: Layout, method: str
+) -> tuple[bool, str]:
     """Make ``version`` the champion when it beats the current one.
 
-    The latent table's ``_current`` pointer follows the alias, so consumers who read the
-    current view see the champion's latent space, never a model that lost.
+    Held-out errors compare only between models whose inputs are scaled alike
+    (``normalize.method``, ``method`` here); when the champion's were scaled otherwise,
+    the new version takes over, as the first model of a name does. The latent table's
+    ``_current`` pointer follows the alias, so consumers who read the current view see
+    the champion's latent space, never a model that lost.
 
     Returns:
         Whether it became champion, and why, in words.
@@ -420,9 +429,15 @@ def promote(name: str, version: str, val_error: float, layout: Layout) -> tuple[
     client = MlflowClient()
     found = champion_val_error(client, name)
     ours = f"held-out recon_mse {val_error:.4g}"
-    better = found is None or val_error < found[1]
+    unlike = found is not None and found[2] not in (None, method)
+    better = found is None or unlike or val_error < found[1]
     if found is None:
         reason = f"v{version} is champion: the first model of {name} ({ours})"
+    elif unlike:
+        reason = (
+            f"v{version} is champion: its inputs are scaled by {method}, v{found[0]}'s by "
+            f"{found[2]}, so their held-out errors do not compare ({ours})"
+        )
     elif better:
         reason = f"v{version} is champion: {ours} < v{found[0]}'s {found[1]:.4g}"
     else:
@@ -482,16 +497,19 @@ def model_requirements() -> list[str]:
     return [f"{name}>={version(name).split('+')[0]}" for name in packages]
 
 
-def champion_val_error(client: MlflowClient, name: str) -> tuple[str, float] | None:
-    """The current champion's version and held-out ``recon_mse``; ``None``: no champion."""
+def champion_val_error(client: MlflowClient, name: str) -> tuple[str, float, str | None] | None:
+    """The current champion's version, held-out ``recon_mse`` and ``normalize.method``.
+
+    ``None``: no champion.
+    """
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    metrics = client.get_run(champion.run_id).data.metrics
-    if "recon_mse" not in metrics:
+    run = client.get_run(champion.run_id).data
+    if "recon_mse" not in run.metrics:
         return None
-    return str(champion.version), metrics["recon_mse"]
+    return str(champion.version), run.metrics["recon_mse"], run.params.get("normalize.method")
 
 
 def load_scoring_model(model_uri: str) -> tuple[Any, dict[str, str]]:

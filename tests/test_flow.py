@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from aecore.config import load_params
 from aecore.export import read_latents, read_metadata
 from aecore.layout import Layout
 from flows import tracking
@@ -195,9 +196,16 @@ def test_registered_champion_predicts_the_table(digits_project):
     assert by_alias.metadata.signature.inputs.input_names()[:2] == ["pixel_0_0", "pixel_0_1"]
     # a better model moves the alias, and the current view follows it
     layout = Layout(root, "digits")
-    assert tracking.promote("digits-autoencoder", second["model_version"], 0.0, layout)[0]
+    method = load_params(root / "params.yaml").normalize.method
+    assert tracking.promote("digits-autoencoder", second["model_version"], 0.0, layout, method)[0]
     champion = client.get_model_version_by_alias("digits-autoencoder", "champion")
     assert str(champion.version) == second["model_version"]
+    # errors of inputs scaled otherwise do not compare: the new version takes over
+    other = "zscore" if method != "zscore" else "robust"
+    name = "digits-autoencoder"
+    won, reason = tracking.promote(name, first["model_version"], 99.0, layout, other)
+    assert won and f"scaled by {other}, v{second['model_version']}'s by {method}" in reason
+    assert tracking.promote("digits-autoencoder", second["model_version"], 0.0, layout, method)[0]
     assert list(read_latents(layout.latents).filter(like="z")) == ["z0", "z1", "z2", "z3"]
 
 
