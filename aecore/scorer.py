@@ -231,9 +231,6 @@ class MarginalTails:
     quantiles_: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     skew_: np.ndarray = field(default_factory=lambda: np.zeros(0))
     _lookup: tuple | None = field(default=None, init=False, repr=False, compare=False)
-    _range: np.ndarray = field(
-        default_factory=lambda: np.zeros((2, 0)), init=False, repr=False, compare=False
-    )
 
     def fit(self, x: np.ndarray) -> MarginalTails:
         """Keep each input's quantiles and skew over the training rows ``x`` ``(n, d)``."""
@@ -267,16 +264,17 @@ class MarginalTails:
             high[:, j] = at_or_above[np.searchsorted(known, values[:, j], side="left")]
         return low, high
 
-    def lookup(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def lookup(self) -> tuple[np.ndarray, ...]:
         """The scoring tables: each input's range in ``TAIL_BINS`` equal bins.
 
         Per bin, ``-log`` of the share at or below its upper edge and at or above its
         lower edge (exact for values that repeat, as a category's or a count's do; for
         others, off by at most a bin); one entry below the range and one above it.
 
-        Returns ``(slope, offset, low, high)``: a value's entry is
+        Returns ``(slope, offset, low, high, lo, hi)``: a value's entry is
         ``floor(value * slope + offset)``, clipped to ``[0, TAIL_BINS + 1]``, of an input's
-        row of ``low`` and ``high`` ``(d, TAIL_BINS + 2)``.
+        row of ``low`` and ``high`` ``(d, TAIL_BINS + 2)``; ``lo`` and ``hi``, each input's
+        training range, beyond which its tail keeps growing.
         """
         lo, hi = self.quantiles_[0], self.quantiles_[-1]
         span = hi - lo
@@ -287,7 +285,7 @@ class MarginalTails:
         _, high_in = self.tails(np.vstack([below, edges[:-1], above]))
         slope = np.where(span > 0, TAIL_BINS * (1 - 1e-5) / np.where(span > 0, span, 1), 0.0)
         offset = 1 + 1e-4 - lo * slope  # the lowest kept quantile falls in the first bin
-        return slope, offset, low_in.T, high_in.T
+        return slope, offset, low_in.T, high_in.T, lo, hi
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """The outlyingness of each row ``(n,)``; NaN where an input is NaN.
@@ -297,7 +295,6 @@ class MarginalTails:
         """
         if self._lookup is None:  # derived from the kept quantiles, once
             self._lookup = tuple(np.ascontiguousarray(t, np.float32) for t in self.lookup())
-            self._range = self.quantiles_[[0, -1]].astype(np.float32)
         skewed = (self.skew_ < 0).astype(np.float32)
         sums = np.zeros((3, len(x)))  # left tails, right tails, each input's skewed side
         for first in range(0, len(x), SCORE_ROWS):
@@ -307,19 +304,19 @@ class MarginalTails:
 
     def _add_tails(self, x: np.ndarray, sums: np.ndarray, skewed: np.ndarray) -> None:
         """Add the rows' left, right and skewed-side tails to ``sums`` ``(3, n)``."""
-        slope, offset, low_table, high_table = self._lookup
+        slope, offset, low_table, high_table, lo, hi = self._lookup
         for start in range(0, len(slope), TAIL_BLOCK):
             block = slice(start, start + TAIL_BLOCK)
-            entry = np.asarray(x[:, block], np.float32) * slope[block]
+            values = np.asarray(x[:, block], np.float32)
+            entry = values * slope[block]
             entry += offset[block]
             np.fmax(entry, 0, out=entry)  # NaN too: the row's score is NaN below
             np.minimum(entry, TAIL_BINS + 1, out=entry)
             index = entry.astype(np.int32)  # the floor, as every entry is at least 0
             index += np.arange(index.shape[1], dtype=np.int32) * (TAIL_BINS + 2)
             low, high = low_table[block].ravel()[index], high_table[block].ravel()[index]
-            values = np.asarray(x[:, block], np.float32)
-            low += np.maximum(self._range[0][block] - values, 0)  # beyond the training range
-            high += np.maximum(values - self._range[1][block], 0)
+            low += np.maximum(lo[block] - values, 0)  # beyond the training range
+            high += np.maximum(values - hi[block], 0)
             sums[0] += low.sum(axis=1)
             sums[1] += high.sum(axis=1)
             sums[2] += low @ skewed[block] + high @ (1 - skewed[block])
