@@ -50,10 +50,26 @@ def autocast(device: torch.device) -> torch.autocast:
 
 
 def on_device(x: Tensor, device: torch.device) -> Tensor:
-    """Move rows to ``device`` once: through pinned memory, without a sync, to a GPU."""
-    if device.type == "cuda":
+    """Move rows to ``device`` once: through pinned memory, without a sync, to a GPU.
+
+    Rows already on a GPU (a caller's own tensors) move as they are: only CPU memory pins.
+    """
+    if device.type == "cuda" and x.device.type == "cpu":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
+
+
+def epoch_order(rows: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """A permutation of ``rows`` for one epoch, drawn from the CPU ``generator``.
+
+    On a GPU the permutation is drawn there, from a seed the generator gives, so that a
+    large table's shuffle neither runs on the CPU nor crosses the bus every epoch.
+    """
+    if device.type != "cuda":
+        return torch.randperm(rows, generator=generator).to(device)
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    on_device = torch.Generator(device).manual_seed(seed)
+    return torch.randperm(rows, generator=on_device, device=device)
 
 
 @torch.no_grad()
@@ -183,8 +199,11 @@ def train(
     x_train, x_val = on_device(x_train, device), on_device(x_val, device)
     batch_size, learning_rate = batch_plan(len(x_train), config)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=learning_rate, weight_decay=config.weight_decay
+    optimizer = torch.optim.Adam(  # fused on a GPU: one kernel, not one per tensor
+        model.parameters(),
+        lr=learning_rate,
+        weight_decay=config.weight_decay,
+        fused=device.type == "cuda",
     )
     schedule = None
     if config.lr_schedule == "cosine":
@@ -223,7 +242,7 @@ def train(
         model.epoch = epoch  # kinds with a schedule of their own read it (VAE KL warm-up)
         total = torch.zeros((), device=device)
         seen = 0
-        order = torch.randperm(len(x_train), generator=generator).to(device)
+        order = epoch_order(len(x_train), generator, device)
         for rows in order.split(batch_size):
             batch = x_train[rows]  # slice tensors, no per-row Dataset
             with mixed:

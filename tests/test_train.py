@@ -6,7 +6,7 @@ import torch
 
 from aecore.errors import AepipeError
 from aecore.models import DenseAutoencoder, build_model, default_hidden, load_model, save_model
-from aecore.train import batch_plan, measure_loss, select_device, train, trimmed_mean
+from aecore.train import batch_plan, epoch_order, measure_loss, select_device, train, trimmed_mean
 from tests.conftest import data_config
 
 
@@ -17,7 +17,7 @@ def low_rank(n=400, d=10, seed=0):
 
 
 def quick(params, **changes):
-    return dataclasses.replace(params.train, device="cpu", **{"epochs": 20, **changes})
+    return dataclasses.replace(params.train, **{"device": "cpu", "epochs": 20, **changes})
 
 
 def test_shapes_and_default_widths(params):
@@ -176,6 +176,19 @@ def test_trains_on_cuda_with_bf16(params):
     result = train(model, x[:300], x[300:], quick(params, device="cuda"))
     assert result.device.startswith("cuda")
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    on_gpu = x.cuda()  # rows a caller already holds on the GPU train as they are
+    again = train(model, on_gpu[:300], on_gpu[300:], quick(params, device="cuda", epochs=2))
+    assert again.device.startswith("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_gpu_shuffle_is_a_permutation_that_the_seed_repeats():
+    cuda = torch.device("cuda")
+    first = epoch_order(10_000, torch.Generator().manual_seed(3), cuda)
+    again = epoch_order(10_000, torch.Generator().manual_seed(3), cuda)
+    assert first.device.type == "cuda" and torch.equal(first, again)
+    assert torch.equal(first.sort().values.cpu(), torch.arange(10_000))
 
 
 @pytest.mark.gpu
