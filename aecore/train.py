@@ -199,11 +199,11 @@ def train(
     x_train, x_val = on_device(x_train, device), on_device(x_val, device)
     batch_size, learning_rate = batch_plan(len(x_train), config)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(  # fused on a GPU: one kernel, not one per tensor
+    optimizer = torch.optim.Adam(  # fused: one kernel for all tensors, not one per tensor
         model.parameters(),
         lr=learning_rate,
         weight_decay=config.weight_decay,
-        fused=device.type == "cuda",
+        fused=device.type in ("cpu", "cuda"),
     )
     schedule = None
     if config.lr_schedule == "cosine":

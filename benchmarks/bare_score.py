@@ -35,7 +35,7 @@ def main(model_path: str, normalizer_path: str, source: str, out: str) -> None:
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(torch.nn.Linear(a, b))
             if i < len(sizes) - 2:
-                layers.append(torch.nn.GELU())
+                layers.append(torch.nn.GELU(approximate=spec.get("gelu", "none")))
     encoder.load_state_dict({n[8:]: v for n, v in state.items() if n.startswith("encoder.")})
     decoder.load_state_dict({n[8:]: v for n, v in state.items() if n.startswith("decoder.")})
     normalizer = json.loads(Path(normalizer_path).read_text())

@@ -62,7 +62,7 @@ def flops_per_row(model: torch.nn.Module) -> float:
 
 def bare_loop(x: torch.Tensor, model: torch.nn.Module, batch: int, lr: float, epochs: int) -> float:
     """Rows per second of the plainest loop that trains the same model the same way."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # as aepipe's
     noise, mask = model.noise_std, model.mask_rate
     start = time.perf_counter()
     for _ in range(epochs):

@@ -149,6 +149,22 @@ def test_a_model_saved_before_nesting_loads_as_one_latent_width(tmp_path):
     assert load_model(tmp_path / "m.pt").prefixes == (2,)
 
 
+def test_a_model_saved_before_its_gelu_was_recorded_keeps_the_exact_form(tmp_path):
+    torch.manual_seed(0)
+    exact = DenoisingAutoencoder(6, 2, (16, 8), gelu="none", noise_std=0.1, mask_rate=0.1)
+    spec = {k: v for k, v in exact.spec.items() if k != "gelu"}  # as saved before
+    torch.save(
+        {"spec": {"kind": "denoising", **spec}, "state_dict": exact.state_dict()},
+        tmp_path / "m.pt",
+    )
+    loaded = load_model(tmp_path / "m.pt")
+    x = torch.randn(50, 6) * 3
+    assert torch.equal(loaded(x), exact.eval()(x))  # the same outputs, bit for bit
+    tanh = DenoisingAutoencoder(6, 2, (16, 8), noise_std=0.1, mask_rate=0.1)
+    tanh.load_state_dict(exact.state_dict())
+    assert not torch.equal(tanh.eval()(x), loaded(x))  # the two forms differ
+
+
 def test_training_draws_a_prefix_per_row(params):
     torch.manual_seed(0)
     model = build_model(params.model, 16)

@@ -145,6 +145,7 @@ def test_save_and_load_use_weights_only(tmp_path):
         "k": 2,
         "hidden": [8],
         "blocks": [["num", 1]] * 6,
+        "gelu": "tanh",
     }
     with pytest.raises(AepipeError, match="missing.pt: saved model not found"):
         load_model(tmp_path / "missing.pt")
