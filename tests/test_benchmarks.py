@@ -36,16 +36,21 @@ def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size():
     assert "rows/s" in done.stdout and "TFLOP/s" in done.stdout
 
 
-def test_score_local_probe_reports_both_halves(tmp_path):
+def two_halves(folder: Path) -> None:
+    """One tiny set per half (the half is the parity of the number), anomalies far out."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    for name in ("2_even", "3_odd"):  # the half is the parity of the number
+    for name in ("2_even", "3_odd"):
         x = rng.normal(size=(400, 6))
         y = np.zeros(400, int)
         y[:20] = 1
-        x[:20] += 4  # anomalies far out: every view should find some of them
-        np.savez(tmp_path / f"{name}.npz", X=x, y=y)
+        x[:20] += 4  # every view should find some of them
+        np.savez(folder / f"{name}.npz", X=x, y=y)
+
+
+def test_score_local_probe_reports_both_halves(tmp_path):
+    two_halves(tmp_path)
     cache = tmp_path / "views.npz"
     done = bench("benchmarks/score_local.py", str(tmp_path), "--seeds", "1", "--cache", str(cache))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -56,3 +61,21 @@ def test_score_local_probe_reports_both_halves(tmp_path):
     assert "an oracle" in done.stdout
     again = bench("benchmarks/score_local.py", "--report", "--cache", str(cache))
     assert again.returncode == 0 and default in again.stdout
+
+
+def test_score_pair_probe_reads_both_fits_alone_and_together(tmp_path):
+    two_halves(tmp_path)
+    cache = tmp_path / "pair.npz"
+    b = "train.batch_size=64,train.epochs=3"
+    args = ("--seeds", "1", "--cache", str(cache), "--a", "train.epochs=3", "--b", b)
+    done = bench("benchmarks/score_pair.py", str(tmp_path), *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    means = done.stdout.split("\n\n")[-1].splitlines()
+    assert means[0].split() == ["a", "b", "max", "mean", "rank", "fit_a", "fit_b"]
+    for line in means[2:]:  # even, odd: every score finds the far-out rows
+        half, *aurocs = line.split()[:6]
+        assert half in ("even", "odd") and min(map(float, aurocs)) > 0.9, line
+    again = bench("benchmarks/score_pair.py", "--report", "--cache", str(cache))
+    assert (
+        again.returncode == 0 and again.stdout.strip() == done.stdout.split("seed 0\n")[-1].strip()
+    )
