@@ -261,6 +261,17 @@ def splits(
             yield path.stem, seed, train, test, y_test
 
 
+def probe_parser(doc: str, cache: str) -> argparse.ArgumentParser:
+    """The arguments of a probe that caches its scores: sets, seeds, the cache, --report."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, nargs="?", help="a folder of *.npz with X and y")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="3: fresh splits")
+    parser.add_argument("--cache", type=Path, default=Path(cache))
+    parser.add_argument("--report", action="store_true", help="report the cache, no new run")
+    return parser
+
+
 def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Per-dataset mean AUROC and fit seconds, the best peer, each half's means, the misses.
 

@@ -65,7 +65,6 @@ probe: it sets no target.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import tempfile
@@ -76,7 +75,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from anomaly import REPO, half, splits  # this folder: the protocol
+from anomaly import REPO, half, probe_parser, splits  # this folder: the protocol
 from score_terms import kth_distance
 from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score
@@ -272,12 +271,7 @@ def report(cache: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, nargs="?", help="a folder of *.npz with X and y")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--first-seed", type=int, default=0, help="3: fresh splits")
-    parser.add_argument("--cache", type=Path, default=Path("score_local.npz"))
-    parser.add_argument("--report", action="store_true", help="report the cache, no new run")
+    parser = probe_parser(__doc__, "score_local.npz")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if not args.report:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from anomaly import SETTINGS, fit_aepipe, half, splits  # this folder: the protocol
+from anomaly import SETTINGS, fit_aepipe, half, probe_parser, splits  # this folder
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
@@ -109,15 +109,10 @@ def report(cache: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, nargs="?", help="a folder of *.npz with X and y")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--first-seed", type=int, default=0, help="3: fresh splits")
+    parser = probe_parser(__doc__, "score_pair.npz")
     parser.add_argument("--half", choices=("even", "odd"), help="only the sets of this half")
     parser.add_argument("--a", default="", help="k=v,... over params.yaml (default: none)")
     parser.add_argument("--b", default="train.batch_size=64,train.epochs=30")
-    parser.add_argument("--cache", type=Path, default=Path("score_pair.npz"))
-    parser.add_argument("--report", action="store_true", help="report the cache, no new run")
     args = parser.parse_args()
     if not args.report:
         if args.folder is None:
