@@ -24,6 +24,7 @@ from aecore.normalize import load_samples
 from aecore.schema import read_schema
 
 OnEpoch = Callable[[int, dict[str, float]], None]
+LR_BATCH = 256  # train.learning_rate holds up to this batch; it grows with sqrt beyond
 STEPS_PER_EPOCH = 256  # a large table's batch grows until an epoch has at most this many steps
 
 
@@ -101,14 +102,17 @@ def batch_plan(rows: int, config: TrainConfig) -> tuple[int, float]:
 
     Small tables train at ``batch_size`` and ``learning_rate``. On a larger table the batch
     doubles, up to ``max_batch_size``, until an epoch has at most ``STEPS_PER_EPOCH`` steps;
-    the learning rate grows with the square root of the batch (Adam's usual rule), so
-    large tables use the hardware's matrix units instead of one small step after another.
+    the learning rate grows with the square root of the batch beyond ``LR_BATCH`` (Adam's
+    usual rule), so large tables use the hardware's matrix units instead of one small step
+    after another. Up to ``LR_BATCH`` rows the rate stays: a small batch takes noisier
+    steps, and more of them, at the same rate.
     """
     batch = config.batch_size
     while batch < config.max_batch_size and rows / batch > STEPS_PER_EPOCH:
         batch *= 2
     batch = min(batch, config.max_batch_size)
-    return batch, config.learning_rate * math.sqrt(batch / config.batch_size)
+    scale = max(batch, LR_BATCH) / max(config.batch_size, LR_BATCH)
+    return batch, config.learning_rate * math.sqrt(scale)
 
 
 @dataclass

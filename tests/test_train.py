@@ -215,7 +215,18 @@ def test_batch_grows_with_the_table(params):
     batch, lr = batch_plan(800_000, config)
     assert (batch, lr) == (4096, pytest.approx(0.04))  # 800k / 4096 ~ 195 steps per epoch
     assert batch_plan(10**8, config)[0] == 4096
-    assert batch_plan(10**8, quick(params, max_batch_size=256))[0] == 256  # growth off
+    assert batch_plan(10**8, quick(params, batch_size=256, max_batch_size=256))[0] == 256
+
+
+def test_small_batches_keep_the_rate_up_to_256_rows(params):
+    """From a batch of 64 the rate holds to 256 rows, then grows as it does from 256."""
+    small = quick(params, batch_size=64, max_batch_size=4096, learning_rate=0.01)
+    assert batch_plan(1_000, small) == (64, 0.01)  # small tables: 16 steps per epoch
+    assert batch_plan(30_000, small) == (128, 0.01)  # grown, still at the rate
+    assert batch_plan(60_000, small) == (256, 0.01)
+    large = quick(params, batch_size=256, max_batch_size=4096, learning_rate=0.01)
+    for rows in (150_000, 800_000, 10**8):  # large tables train as from a batch of 256
+        assert batch_plan(rows, small) == pytest.approx(batch_plan(rows, large))
 
 
 def test_budgets_end_training_and_say_so(params):
