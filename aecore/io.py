@@ -274,7 +274,11 @@ class Source:
                 ),
             )
 
-        return self._guard(path, reader)
+        try:
+            return self._guard(path, reader)
+        except BaseException:
+            handle.close()  # the reader never took it
+            raise
 
     def _guard(self, path: str, read):  # noqa: ANN001, ANN202
         try:

@@ -676,8 +676,20 @@ def redact(url: str) -> str:
 
 
 def main() -> None:
-    """Entry point of the console script."""
-    app()
+    """Entry point of the console script.
+
+    Every exit, a mistake's status 2 included, skips the interpreter's teardown once the
+    command has unwound (``exit_now``): native thread pools still reading (Arrow's CSV
+    read-ahead from a file that failed) can abort a process torn down around them, which
+    turned a clean one-line error into a SIGABRT now and then.
+    """
+    try:
+        app()
+    except SystemExit as done:
+        code = done.code
+        if isinstance(code, str):  # sys.exit("message"): said as Python would say it
+            print(code, file=sys.stderr)
+        exit_now(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 if __name__ == "__main__":

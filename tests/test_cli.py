@@ -308,3 +308,31 @@ def in_terminal(*args: str, cwd: Path) -> tuple[int, list[str]]:
     code = run.wait(timeout=240)
     text = b"".join(chunks).decode(errors="replace")
     return code, [line.rstrip("\r").split("\r")[-1] for line in text.split("\n")]
+
+
+def test_an_error_exit_never_waits_on_a_thread_left_running(tmp_path):
+    """A mistake exits at once with status 2, whatever native or Python threads still run.
+
+    Arrow's CSV read-ahead from a file that failed can still be running when the command
+    ends; tearing the interpreter down around such threads aborted the process now and
+    then. A thread that never ends stands for them: the exit must not wait on it.
+    """
+    script = (
+        "import sys, threading\n"
+        "threading.Thread(target=threading.Event().wait).start()  # never ends\n"
+        "sys.argv = ['aepipe', 'run', '--no-such-option']\n"
+        "from flows.cli import main\n"
+        "main()\n"
+    )
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env() | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "No such option" in done.stderr
+    assert time.perf_counter() - start < 30
