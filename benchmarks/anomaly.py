@@ -347,11 +347,14 @@ def main() -> int:
     )
     args = parser.parse_args()
     methods = args.methods.split(",")
-    import yaml
+    import typer
 
-    for pair in args.set:
-        key, _, value = pair.partition("=")
-        SETTINGS[key] = yaml.safe_load(value)
+    from flows.cli import parse_sets
+
+    try:
+        SETTINGS.update(parse_sets(args.set))
+    except typer.Exit as said:  # parse_sets printed the one-line error
+        return said.exit_code
     warnings.filterwarnings("ignore")
     if args.threads:
         import torch

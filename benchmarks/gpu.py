@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from train_speed import flops_per_row  # this folder
 
 from aecore.config import load_params
 from aecore.models import DenseAutoencoder
@@ -142,8 +143,7 @@ def main() -> int:
     cuda = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
     x = torch.randn(args.rows, 128, device=device)
-    linear = [m for m in benchmark_model(device).modules() if isinstance(m, torch.nn.Linear)]
-    flops = 3 * sum(2 * m.in_features * m.out_features for m in linear)  # per row
+    flops = flops_per_row(benchmark_model(device))
     measured = matmul_peak(device)
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     spec = next((v for k, v in SPEC_BF16_TFLOPS.items() if k in name), None)

@@ -46,26 +46,14 @@ from anomaly import SETTINGS, fit_aepipe, half, probe_parser, splits  # this fol
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-
-def settings(text: str) -> dict[str, object]:
-    """``k=v,k=v`` as parameter overrides, numbers as numbers."""
-    parsed: dict[str, object] = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        try:
-            parsed[key] = int(value)
-        except ValueError:
-            try:
-                parsed[key] = float(value)
-            except ValueError:
-                parsed[key] = value
-    return parsed
+from flows.cli import parse_sets
 
 
 def collect(folder: Path, args: argparse.Namespace) -> None:
     """Fit both settings on every split and cache the test rows' scores and fit seconds."""
     stored: dict[str, np.ndarray] = {}
-    pairs = (("a", settings(args.a)), ("b", settings(args.b)))
+    fits = (("a", args.a), ("b", args.b))
+    pairs = [(name, parse_sets([kv for kv in text.split(",") if kv])) for name, text in fits]
     for dataset, seed, train, test, y_test in splits(
         folder, args.seeds, None, args.half, args.first_seed
     ):

@@ -210,7 +210,6 @@ def run(
     except AepipeError as error:
         fail(str(error))
     print_summary(summary, time.perf_counter() - start)
-    exit_now()
 
 
 def keep_secrets_here(source: str | None) -> str | None:
@@ -442,7 +441,6 @@ def score(
         )
         for warning in result["warnings"]:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
-    exit_now()
 
 
 @app.command()
