@@ -59,6 +59,9 @@ def test_score_local_probe_reports_both_halves(tmp_path):
     even, odd = (float(value) for value in default.split()[1:])
     assert even > 0.9 and odd > 0.9, default
     assert "an oracle" in done.stdout
+    frontier = done.stdout.split("fixed fusions (90)")[1]
+    best_even = next(line for line in frontier.splitlines() if line.startswith("best even"))
+    assert float(best_even.split()[7]) >= even  # the grid holds the default
     again = bench("benchmarks/score_local.py", "--report", "--cache", str(cache))
     assert again.returncode == 0 and default in again.stdout
 
