@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -214,7 +215,7 @@ class Source:
                 schema = reader.schema
             finally:
                 reader.close()
-        repeated = sorted({name for name in schema.names if schema.names.count(name) > 1})
+        repeated = sorted(name for name, count in Counter(schema.names).items() if count > 1)
         if repeated:
             message = f"{self.shown_file(path)}: column {repeated[0]!r} appears more than once"
             raise AepipeError(message)
@@ -364,11 +365,13 @@ class Source:
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """Cast ``batch`` to ``schema``: columns by name, the missing ones all null."""
-    names = batch.schema.names
+    position: dict[str, int] = {}
+    for i, name in enumerate(batch.schema.names):
+        position.setdefault(name, i)  # the first of a repeated name, as before
     arrays = []
     for field in schema:
-        if field.name in names:
-            column = batch.column(names.index(field.name))
+        if field.name in position:
+            column = batch.column(position[field.name])
             arrays.append(column if column.type == field.type else column.cast(field.type))
         else:
             arrays.append(pa.nulls(batch.num_rows, field.type))

@@ -17,6 +17,7 @@ from aecore.errors import AepipeError
 from aecore.io import atomic_path, reading_state
 
 EVAL_BATCH = 16384  # rows per forward pass when only measuring
+MAX_LATENT = 32  # the widest default bottleneck (model.latent_dim: null), from 256 inputs
 
 
 def make_layers(widths: list[int], gelu: str = "tanh") -> nn.Sequential:
@@ -48,11 +49,13 @@ def default_hidden(d: int, k: int) -> tuple[int, ...]:
 
 
 def default_latent_dim(d: int) -> int:
-    """The bottleneck when ``model.latent_dim`` is null: an eighth of the inputs, at least 2.
+    """The bottleneck when ``model.latent_dim`` is null: an eighth of the inputs, 2 to 32.
 
     Narrow enough that anomalies reconstruct badly (benchmarks/anomaly.py); 8 for digits.
+    At most ``MAX_LATENT``, so that a table of thousands of columns funnels through
+    layers of 64 (``default_hidden``) and trains in seconds (benchmarks/wide_sets.py).
     """
-    return max(2, round(d / 8))
+    return min(MAX_LATENT, max(2, round(d / 8)))
 
 
 class ColumnErrors(nn.Module):

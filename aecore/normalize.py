@@ -90,11 +90,13 @@ class Normalizer:
     # -- reading one column --------------------------------------------------------------
 
     def _column(self, data: pa.Table | pa.RecordBatch, name: str, source: str) -> pa.Array:
-        if name not in data.schema.names:
-            missing = [c for c in self.columns if c not in data.schema.names]
+        index = data.schema.get_field_index(name)  # a lookup: no list of every name per column
+        if index < 0:
+            names = set(data.schema.names)
+            missing = [c for c in self.columns if c not in names]
             message = f"{source}: column {name!r} not found ({len(missing)} missing)"
             raise AepipeError(message)
-        column = data.column(name)
+        column = data.column(index)
         return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
     def _values(self, column: pa.Array, name: str, source: str) -> np.ndarray:

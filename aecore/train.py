@@ -19,13 +19,14 @@ from torch import Tensor, nn
 from aecore.config import ModelConfig, TrainConfig
 from aecore.errors import AepipeError
 from aecore.io import atomic_path, file_digest, reading_state, write_json
-from aecore.models import EVAL_BATCH, build_model, save_model
+from aecore.models import EVAL_BATCH, MAX_LATENT, build_model, save_model
 from aecore.normalize import load_samples
 from aecore.schema import read_schema
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 LR_BATCH = 256  # train.learning_rate holds up to this batch; it grows with sqrt beyond
 STEPS_PER_EPOCH = 256  # a large table's batch grows until an epoch has at most this many steps
+FAN_IN = 256  # a weight matrix with more inputs than this learns at lr * FAN_IN / its inputs
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -113,6 +114,23 @@ def batch_plan(rows: int, config: TrainConfig) -> tuple[int, float]:
     batch = min(batch, config.max_batch_size)
     scale = max(batch, LR_BATCH) / max(config.batch_size, LR_BATCH)
     return batch, config.learning_rate * math.sqrt(scale)
+
+
+def param_groups(model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
+    """Adam's parameter groups: each weight matrix's rate shrinks with its inputs past ``FAN_IN``.
+
+    Adam moves every weight by about the learning rate, so a unit's input moves with the
+    number of weights that feed it: on a table of thousands of columns, or a layer of
+    hundreds of units, one step at the rate that suits 64 columns overshoots and the
+    network collapses to the mean row (maximal update parametrization's rule: a hidden
+    layer's rate over its fan-in). Layers of at most ``FAN_IN`` inputs, and biases, keep
+    ``learning_rate``.
+    """
+    groups: dict[float, list[nn.Parameter]] = {}
+    for parameter in model.parameters():
+        inputs = parameter.shape[1] if parameter.ndim == 2 else 1
+        groups.setdefault(min(1.0, FAN_IN / inputs), []).append(parameter)
+    return [{"params": params, "lr": learning_rate * factor} for factor, params in groups.items()]
 
 
 @dataclass
@@ -204,7 +222,7 @@ def train(
     batch_size, learning_rate = batch_plan(len(x_train), config)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(  # fused: one kernel for all tensors, not one per tensor
-        model.parameters(),
+        param_groups(model, learning_rate),
         lr=learning_rate,
         weight_decay=config.weight_decay,
         fused=device.type in ("cpu", "cuda"),
@@ -328,6 +346,8 @@ def fingerprint(processed: Path, model_config: ModelConfig, train_config: TrainC
             for k, v in dataclasses.asdict(train_config).items()
             if k not in ("epochs", "max_steps", "max_minutes", "checkpoint_seconds", "compile")
         },
+        "fan_in": FAN_IN,  # rules that shape the network and its steps, beside the settings
+        "max_latent": MAX_LATENT,
     }
     files = [(p.name, p.stat().st_size) for p in sorted(processed.glob("*.parquet"))]
     normalizer = processed.parent / "normalizer.json"

@@ -82,3 +82,19 @@ def test_score_pair_probe_reads_both_fits_alone_and_together(tmp_path):
     assert (
         again.returncode == 0 and again.stdout.strip() == done.stdout.split("seed 0\n")[-1].strip()
     )
+
+
+def test_wide_sets_are_wide_and_labelled(tmp_path):
+    import numpy as np
+
+    done = bench("benchmarks/wide_sets.py", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    shapes = {}
+    for path in sorted(tmp_path.glob("*.npz")):
+        data = np.load(path)
+        shapes[path.stem] = (data["X"].shape, int(data["y"].sum()))
+    assert shapes == {
+        "1_lowrank1555": ((2000, 1555), 40),
+        "2_digits1024": ((1655, 1024), 36),
+        "3_lowrank4000": ((2000, 4000), 40),
+    }

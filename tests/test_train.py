@@ -6,7 +6,15 @@ import torch
 
 from aecore.errors import AepipeError
 from aecore.models import DenseAutoencoder, build_model, default_hidden, load_model, save_model
-from aecore.train import batch_plan, epoch_order, measure_loss, select_device, train, trimmed_mean
+from aecore.train import (
+    batch_plan,
+    epoch_order,
+    measure_loss,
+    param_groups,
+    select_device,
+    train,
+    trimmed_mean,
+)
 from tests.conftest import data_config
 
 
@@ -37,6 +45,36 @@ def test_latent_size_follows_the_inputs_unless_set(params):
     auto = dataclasses.replace(params.model, latent_dim=None, hidden=None)
     assert [build_model(auto, d).k for d in (6, 21, 64, 166)] == [2, 3, 8, 21]
     assert build_model(dataclasses.replace(auto, latent_dim=5), 64).k == 5
+    wide = build_model(auto, 1555)  # thousands of columns: an embedding of 32, not 194
+    assert (wide.k, wide.spec["hidden"]) == (32, [64, 64])
+    assert build_model(dataclasses.replace(auto, latent_dim=194), 1555).k == 194
+
+
+def test_a_layer_of_many_inputs_learns_at_a_smaller_rate():
+    model = DenseAutoencoder(1024, 8, (512, 64))
+    groups = param_groups(model, 0.01)
+    rate = {id(p): group["lr"] for group in groups for p in group["params"]}
+    first, second = model.encoder[0], model.encoder[2]  # 1024 and 512 inputs
+    assert rate[id(first.weight)] == pytest.approx(0.01 * 256 / 1024)
+    assert rate[id(second.weight)] == pytest.approx(0.01 * 256 / 512)
+    assert rate[id(first.bias)] == 0.01 and rate[id(model.decoder[0].weight)] == 0.01
+    assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))
+    narrow = param_groups(DenseAutoencoder(166, 21, (64, 42)), 0.01)  # every benchmark set
+    assert [group["lr"] for group in narrow] == [0.01]
+
+
+def test_a_wide_network_learns_instead_of_collapsing_to_the_mean(params):
+    """1200 columns through layers of 512 units at the default rate of 0.01: the full rate
+    on every layer overshoots, and the network settles on the mean row (a loss of 1)."""
+    generator = np.random.default_rng(0)
+    x = generator.normal(size=(1200, 8)) @ generator.normal(size=(8, 1200)) / np.sqrt(8)
+    x = torch.from_numpy((x + 0.3 * generator.normal(size=x.shape)).astype(np.float32))
+    torch.manual_seed(0)
+    model = DenseAutoencoder(1200, 256, (512, 512))
+    config = quick(params, epochs=4, batch_size=64, learning_rate=0.01, patience=10)
+    result = train(model, x[:1000], x[1000:], config)
+    variance = float(x.var())
+    assert result.history[-1]["val_loss"] < 0.5 * variance, result.history
 
 
 def test_trimmed_loss_leaves_the_worst_rows_out():
