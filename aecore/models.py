@@ -53,7 +53,7 @@ def default_latent_dim(d: int) -> int:
 
     Narrow enough that anomalies reconstruct badly (benchmarks/anomaly.py); 8 for digits.
     At most ``MAX_LATENT``, so that a table of thousands of columns funnels through
-    layers of 64 (``default_hidden``) and trains in seconds (benchmarks/wide_sets.py).
+    layers of 64 (``default_hidden``) and trains in seconds (benchmarks/shapes.py).
     """
     return min(MAX_LATENT, max(2, round(d / 8)))
 

@@ -20,6 +20,7 @@ TAIL_POINTS = 40  # quantiles spaced geometrically in each tail, down to 1 / (ro
 BODY_POINTS = 91  # quantiles spaced evenly between the tails (every 1 % of 5 % to 95 %)
 TAIL_BLOCK = 64  # inputs whose tails are looked up at once
 TAIL_BINS = 1024  # equal bins of an input's range in the tails' scoring table
+ROWS_PER_LATENT = 10  # training rows (after the trim) per latent that a latent distance needs
 
 
 @dataclass
@@ -345,8 +346,11 @@ class FusedScorer:
     embedding's ``k`` alone unless the model is nested), the column error and the
     latent distance of ``AnomalyScorer`` (each fitted without its ``trim`` least typical
     training rows); the row's marginal tails (``MarginalTails``); and, with ``kl``, a
-    VAE's KL divergence. Each view becomes its ``Surprise`` among the training rows,
-    and the score is the largest: a row odd in any one way is odd. Chosen on half of
+    VAE's KL divergence. A latent distance counts only at a width with at least
+    ``ROWS_PER_LATENT`` training rows per latent (``distances_``): with fewer, the
+    covariance it divides by is mostly noise, and so is the distance. Each view becomes
+    its ``Surprise`` among the training rows, and the score is the largest: a row odd in
+    any one way is odd. Chosen on half of
     the anomaly benchmark's sets and confirmed on the other (docs/benchmarks.md).
     Fitted attributes end in ``_``.
     """
@@ -355,16 +359,23 @@ class FusedScorer:
     kl: bool = False
     every_prefix: ClassVar[bool] = True  # the errors from every latent width
     prefixes_: tuple[int, ...] = ()
+    distances_: tuple[bool, ...] = ()  # per width: does its latent distance count?
     terms_: list[AnomalyScorer] = field(default_factory=list)
     tails_: MarginalTails = field(default_factory=MarginalTails)
     surprises_: list[Surprise] = field(default_factory=list)
 
     def views(self, outputs: Outputs, x: np.ndarray) -> list[np.ndarray]:
-        """Each view's values of the rows: two per latent width, the tails, the KL."""
+        """Each view's values of the rows.
+
+        Per latent width the column error and, where it counts, the latent distance; the
+        tails; the KL.
+        """
         found = []
         for i, width in enumerate(outputs.prefixes):
             latents, errors = outputs.latents[:, :width], outputs.errors[i]
-            found += [term.score(latents, errors) for term in self.terms_[2 * i : 2 * i + 2]]
+            found.append(self.terms_[2 * i].score(latents, errors))
+            if self.distances_[i]:
+                found.append(self.terms_[2 * i + 1].score(latents, errors))
         found.append(self.tails_.score(x))
         if self.kl:
             found.append(np.asarray(outputs.kl, np.float64))
@@ -373,6 +384,8 @@ class FusedScorer:
     def fit_rows(self, outputs: Outputs, x: np.ndarray) -> FusedScorer:
         """Fit every view and its surprise on the training rows' ``outputs`` and inputs ``x``."""
         self.prefixes_ = tuple(outputs.prefixes)
+        kept = len(x) - int(len(x) * self.trim)
+        self.distances_ = tuple(kept >= ROWS_PER_LATENT * width for width in self.prefixes_)
         self.terms_ = []
         for i, width in enumerate(outputs.prefixes):
             latents, errors = outputs.latents[:, :width], outputs.errors[i]
@@ -419,6 +432,7 @@ class FusedScorer:
                 "trim": self.trim,
                 "kl": self.kl,
                 "prefixes": list(self.prefixes_),
+                "distances": list(self.distances_),
                 "terms": [term.to_dict() for term in self.terms_],
                 "tails": self.tails_.to_dict(),
                 "surprises": [surprise.to_dict() for surprise in self.surprises_],
@@ -433,6 +447,10 @@ class FusedScorer:
             trim=float(fused["trim"]),
             kl=bool(fused["kl"]),
             prefixes_=tuple(int(width) for width in fused["prefixes"]),
+            # written before the rule: every latent distance counted
+            distances_=tuple(
+                bool(d) for d in fused.get("distances", [True] * len(fused["prefixes"]))
+            ),
             terms_=[AnomalyScorer.from_dict(term) for term in fused["terms"]],
             tails_=MarginalTails.from_dict(fused["tails"]),
             surprises_=[Surprise.from_dict(surprise) for surprise in fused["surprises"]],

@@ -171,7 +171,10 @@ def views(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
     scorer = make_scorer(params.evaluate)
     on_fit, on_test = (model_outputs(model, x, scorer.every_prefix) for x in (x_fit, x_test))
     scorer.fit_rows(on_fit, x_fit)
-    names = [f"p{w}.{v}" for w in on_fit.prefixes for v in ("col", "lat")] + ["tail"]
+    names = []  # the views in scorer.views' order
+    for width, counts in zip(on_fit.prefixes, scorer.distances_, strict=True):
+        names += [f"p{width}.col", *([f"p{width}.lat"] if counts else [])]
+    names.append("tail")
     found = dict(zip(names, surprises(scorer, on_test, x_test), strict=True))
     seed = params.train.seed
     rng = np.random.default_rng(seed)

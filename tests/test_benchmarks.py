@@ -84,17 +84,27 @@ def test_score_pair_probe_reads_both_fits_alone_and_together(tmp_path):
     )
 
 
-def test_wide_sets_are_wide_and_labelled(tmp_path):
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        (
+            "wide",
+            {
+                "1_lowrank1555": (2000, 1555, 40),
+                "2_digits1024": (1655, 1024, 36),
+                "3_lowrank4000": (2000, 4000, 40),
+            },
+        ),
+        ("small", {"1_wdbc": (367, 30, 10), "2_wine": (129, 13, 10), "3_wdbc77": (77, 30, 7)}),
+    ],
+)
+def test_shapes_writes_labelled_sets_of_its_kind(tmp_path, kind, expected):
     import numpy as np
 
-    done = bench("benchmarks/wide_sets.py", str(tmp_path))
+    done = bench("benchmarks/shapes.py", kind, str(tmp_path))
     assert done.returncode == 0, done.stderr
-    shapes = {}
+    found = {}
     for path in sorted(tmp_path.glob("*.npz")):
         data = np.load(path)
-        shapes[path.stem] = (data["X"].shape, int(data["y"].sum()))
-    assert shapes == {
-        "1_lowrank1555": ((2000, 1555), 40),
-        "2_digits1024": ((1655, 1024), 36),
-        "3_lowrank4000": ((2000, 4000), 40),
-    }
+        found[path.stem] = (*data["X"].shape, int(data["y"].sum()))
+    assert found == expected

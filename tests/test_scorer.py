@@ -203,6 +203,34 @@ def test_fused_score_flags_a_row_odd_in_any_one_view():
         scorer.score_rows(Outputs(x[:, :2], (x[:, :3],), np.zeros(len(x)), (2,)), x)
 
 
+def test_a_latent_distance_needs_ten_training_rows_per_latent():
+    """100 rows, 80 after the trim: widths 4 and 8 keep their latent distance, 30 does not
+    (a covariance of 30 latents from 80 rows is mostly noise)."""
+    generator = np.random.default_rng(4)
+    x = generator.normal(size=(100, 30))
+    outputs = Outputs(x, (x**2, x**2, x**2), np.zeros(len(x)), (4, 8, 30))
+    scorer = FusedScorer(trim=0.2).fit_rows(outputs, x)
+    assert scorer.distances_ == (True, True, False)
+    assert len(scorer.views(outputs, x)) == len(scorer.surprises_) == 6  # 3 + 2 + the tails
+    far = x[:1].copy()
+    far[0, 20] = 50.0  # far out in the latent code beyond width 8, nowhere else
+    same_errors = Outputs(far, (x[:1] ** 2,) * 3, np.zeros(1), (4, 8, 30))
+    first = Outputs(x[:1], (x[:1] ** 2,) * 3, np.zeros(1), (4, 8, 30))
+    score = scorer.score_rows(same_errors, x[:1])
+    assert score[0] == pytest.approx(scorer.score_rows(first, x[:1])[0])  # not flagged
+    many = np.tile(x, (4, 1))  # 320 rows after the trim: width 30 counts again
+    wide = FusedScorer(trim=0.2).fit_rows(
+        Outputs(many, (many**2,) * 3, np.zeros(400), (4, 8, 30)), many
+    )
+    assert wide.distances_ == (True, True, True)
+    assert wide.score_rows(same_errors, x[:1])[0] > wide.score_rows(first, x[:1])[0] + 5
+    older = wide.to_dict()
+    del older["fused"]["distances"]  # a reference written before the rule: all counted
+    again = FusedScorer.from_dict(older)
+    assert again.distances_ == (True, True, True)
+    np.testing.assert_array_equal(again.score_rows(outputs, x), wide.score_rows(outputs, x))
+
+
 def test_fused_score_survives_the_scoring_reference(tmp_path):
     generator = np.random.default_rng(5)
     x = generator.normal(size=(500, 6))
