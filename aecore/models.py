@@ -53,9 +53,10 @@ def default_latent_dim(d: int) -> int:
 
     Narrow enough that anomalies reconstruct badly (benchmarks/anomaly.py); 8 for digits.
     At most ``MAX_LATENT``, so that a table of thousands of columns funnels through
-    layers of 64 (``default_hidden``) and trains in seconds (benchmarks/shapes.py).
+    layers of 64 (``default_hidden``) and trains in seconds (benchmarks/shapes.py); and
+    never wider than the inputs (one column: one latent).
     """
-    return min(MAX_LATENT, max(2, round(d / 8)))
+    return min(MAX_LATENT, max(2, round(d / 8)), d)
 
 
 class ColumnErrors(nn.Module):

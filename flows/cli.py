@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import math
 import os
 import sys
 import time
@@ -311,10 +312,11 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
     table = Table(title=f"aepipe run: {summary['dataset']}", show_header=False)
     table.add_row("rows", f"{metrics['rows']:,} ({metrics['features']} features)")
     table.add_row("latent dim", str(metrics["latent_dim"]))
+    vs_pca = metrics["recon_mse_vs_pca"]  # infinite where PCA's k covers every input
     table.add_row(
         "held-out recon MSE",
         f"{metrics['recon_mse']:.4f}  vs PCA {metrics['pca_recon_mse']:.4f} "
-        f"(ratio {metrics['recon_mse_vs_pca']:.3f})",
+        + (f"(ratio {vs_pca:.3f})" if math.isfinite(vs_pca) else "(PCA exact: k >= inputs)"),
     )
     fit = summary.get("fit", {})
     if fit:

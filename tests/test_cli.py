@@ -1,6 +1,7 @@
 """The `aepipe` console script, run as a user runs it: a subprocess in a project folder."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -336,3 +337,34 @@ def test_an_error_exit_never_waits_on_a_thread_left_running(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "No such option" in done.stderr
     assert time.perf_counter() - start < 30
+
+
+def test_the_summary_says_when_pca_reconstructs_exactly(capsys):
+    """One input column and one latent: PCA's error is 0, and the ratio is not a number."""
+    from flows.cli import print_summary
+
+    metrics = {
+        "rows": 1000,
+        "features": 1,
+        "latent_dim": 1,
+        "recon_mse": 0.0226,
+        "pca_recon_mse": 0.0,
+        "recon_mse_vs_pca": math.inf,
+        "threshold": 6.6,
+        "anomaly_rate": 0.005,
+        "compression_ratio": 0.65,
+        "latent_bytes": 15600,
+    }
+    summary = {
+        "dataset": "one",
+        "metrics": metrics,
+        "latent_table": "data/latents/one",
+        "champion": True,
+        "model_version": 1,
+        "champion_reason": "v1 is champion",
+        "run_id": "abc",
+        "stage_seconds": {"train": 1.0},
+    }
+    print_summary(summary, wall_s=2.0)
+    shown = capsys.readouterr().out
+    assert "PCA exact: k >= inputs" in shown and "inf" not in shown

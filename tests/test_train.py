@@ -43,7 +43,7 @@ def test_shapes_and_default_widths(params):
 
 def test_latent_size_follows_the_inputs_unless_set(params):
     auto = dataclasses.replace(params.model, latent_dim=None, hidden=None)
-    assert [build_model(auto, d).k for d in (6, 21, 64, 166)] == [2, 3, 8, 21]
+    assert [build_model(auto, d).k for d in (1, 6, 21, 64, 166)] == [1, 2, 3, 8, 21]
     assert build_model(dataclasses.replace(auto, latent_dim=5), 64).k == 5
     wide = build_model(auto, 1555)  # thousands of columns: an embedding of 32, not 194
     assert (wide.k, wide.spec["hidden"]) == (32, [64, 64])
