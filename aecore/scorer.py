@@ -238,17 +238,24 @@ class MarginalTails:
         self.probabilities_ = tail_probabilities(len(x))
         self.quantiles_ = np.zeros((len(self.probabilities_), x.shape[1]))
         self.skew_ = np.zeros(x.shape[1])
-        for j in range(x.shape[1]):  # a column at a time: no copy of the whole sample
-            column = np.asarray(x[:, j], np.float64)
-            column = column[~np.isnan(column)]
-            if not len(column):
+        for start in range(0, x.shape[1], TAIL_BLOCK):  # no copy of the whole sample
+            block = np.asarray(x[:, start : start + TAIL_BLOCK], np.float64)
+            if not np.isnan(block).any():
+                self._fit_columns(block, slice(start, start + block.shape[1]))
                 continue
-            self.quantiles_[:, j] = np.quantile(column, self.probabilities_)
-            centred = column - column.mean()
-            spread = np.mean(centred**2)
-            self.skew_[j] = np.mean(centred**3) / max(spread, 1e-12) ** 1.5
+            for j in range(block.shape[1]):  # a column with NaN: its other values
+                column = block[:, j][~np.isnan(block[:, j])]
+                if len(column):
+                    self._fit_columns(column[:, None], slice(start + j, start + j + 1))
         self._lookup = None
         return self
+
+    def _fit_columns(self, values: np.ndarray, columns: slice) -> None:
+        """The quantiles and skews of ``values`` ``(n, c)``, without NaN, into ``columns``."""
+        self.quantiles_[:, columns] = np.quantile(values, self.probabilities_, axis=0)
+        centred = values - values.mean(axis=0)
+        spread = np.mean(centred**2, axis=0)
+        self.skew_[columns] = np.mean(centred**3, axis=0) / np.maximum(spread, 1e-12) ** 1.5
 
     def tails(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``-log`` of the training share at or below, and at or above, each value ``(G', d)``.

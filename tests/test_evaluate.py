@@ -238,3 +238,17 @@ def test_anomaly_rate_weighs_each_split_by_its_rows():
     val, train = np.array([0.0, 2.0]), np.array([0.0, 0.0, 0.0, 2.0])  # 50% and 25% flagged
     assert anomaly_rate(val, train, 1.0, 2, 4) == pytest.approx(2 / 6)  # every row: exact
     assert anomaly_rate(val, train, 1.0, 2_000_000, 8_000_000) == pytest.approx(0.3)
+
+
+def test_the_pca_baseline_of_a_wide_table_takes_only_its_top_axes(monkeypatch):
+    """Past 512 inputs the top k axes come from Lanczos, not all d: the same error."""
+    from aecore import evaluate
+
+    generator = np.random.default_rng(0)
+    basis = generator.normal(size=(6, 700))
+    x = generator.normal(size=(500, 6)) @ basis + 0.1 * generator.normal(size=(500, 700))
+    train, val = x[:400].astype(np.float32), x[400:].astype(np.float32)
+    top = evaluate.pca_baseline_mse(train, val, 8)
+    monkeypatch.setattr(evaluate, "TOP_EIGEN_INPUTS", 10**9)  # every axis, as below 512
+    assert top == pytest.approx(evaluate.pca_baseline_mse(train, val, 8), rel=1e-9)
+    assert top < 0.02  # six axes hold the rows: the rest is the noise's 0.01

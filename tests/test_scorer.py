@@ -314,3 +314,19 @@ def test_training_constants_are_the_columns_whose_inputs_never_change():
         reference.at_constants(rows), [[False, True, True, False], [False, False, False, False]]
     )
     assert training_constants(x[:0], ["a", "b", "c", "d"], blocks) == {}
+
+
+def test_marginal_tails_fit_in_blocks_as_column_by_column():
+    """Blocks of inputs at once, a column with NaN on its own: the same quantiles and skews."""
+    generator = np.random.default_rng(6)
+    x = generator.gamma(2.0, size=(300, 150))  # skewed, and more inputs than a block
+    x[[3, 40], 70] = np.nan  # a column with missing values
+    x[:, 140] = np.nan  # one with none at all
+    tails = MarginalTails().fit(x)
+    for j in (0, 70, 100, 140):
+        column = x[:, j][~np.isnan(x[:, j])]
+        expected = np.quantile(column, tails.probabilities_) if len(column) else 0.0
+        np.testing.assert_array_equal(tails.quantiles_[:, j], expected)
+    centred = x[:, 100] - x[:, 100].mean()
+    skew = np.mean(centred**3) / np.mean(centred**2) ** 1.5
+    assert tails.skew_[100] == pytest.approx(skew, rel=1e-12) and tails.skew_[140] == 0
