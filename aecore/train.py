@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from aecore.config import ModelConfig, TrainConfig
 from aecore.errors import AepipeError
 from aecore.io import atomic_path, file_digest, reading_state, write_json
-from aecore.models import EVAL_BATCH, MAX_LATENT, build_model, save_model
+from aecore.models import EVAL_BATCH, build_model, save_model
 from aecore.normalize import load_samples
 from aecore.schema import read_schema
 
@@ -333,21 +333,25 @@ def train(
     return result
 
 
-def fingerprint(processed: Path, model_config: ModelConfig, train_config: TrainConfig) -> str:
+def fingerprint(
+    processed: Path, model_config: ModelConfig, train_config: TrainConfig, spec: dict[str, Any]
+) -> str:
     """What a training state depends on: the settings that shape it and the input rows.
 
-    The normalizer's digest stands for the rows (it holds their counts and moments);
-    the budgets and the checkpoint interval do not change a step, so they are left out.
+    ``spec`` is the built network's (``DenseAutoencoder.spec``): its widths and activation,
+    which defaults derive from the settings. The normalizer's digest stands for the rows
+    (it holds their counts and moments); the budgets and the checkpoint interval do not
+    change a step, so they are left out.
     """
     settings = {
         **dataclasses.asdict(model_config),
+        "spec": spec,
         **{
             k: v
             for k, v in dataclasses.asdict(train_config).items()
             if k not in ("epochs", "max_steps", "max_minutes", "checkpoint_seconds", "compile")
         },
-        "fan_in": FAN_IN,  # rules that shape the network and its steps, beside the settings
-        "max_latent": MAX_LATENT,
+        "fan_in": FAN_IN,  # the rule that sets each layer's rate, beside the settings
     }
     files = [(p.name, p.stat().st_size) for p in sorted(processed.glob("*.parquet"))]
     normalizer = processed.parent / "normalizer.json"
@@ -425,7 +429,7 @@ def fit_autoencoder(
     model = build_model(model_config, d, schema["blocks"]).to(device)
     checkpoint = None
     if checkpoint_path is not None:
-        fingerprinted = fingerprint(processed, model_config, train_config)
+        fingerprinted = fingerprint(processed, model_config, train_config, model.spec)
         checkpoint = Checkpoint(checkpoint_path, fingerprinted, resume)
     result = train(
         model,

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from aecore.config import Params
 
 REPO = Path(__file__).resolve().parents[1]
+SUMMARY = REPO / "benchmarks" / "results" / "anomaly_adbench.summary.csv"  # the last full run
 OURS = "aepipe"
 ALL_KINDS = ("dense", "denoising", "sparse", "vae")
 PEERS = ("pyod_ae", "pyod_vae", "pca", "iforest")

@@ -90,7 +90,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from anomaly import REPO, half, probe_parser, splits  # this folder: the protocol
+from anomaly import REPO, SUMMARY, half, probe_parser, splits  # this folder: the protocol
 from score_terms import kth_distance
 from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score
@@ -254,7 +254,7 @@ def fixed_fusion(
     if knn and knn_as == "view":
         views.append(knn * found["knn.in"])
     stacked = np.stack(views)
-    fused = stacked.max(axis=0) if fusion == "max" else np.sort(stacked, axis=0)[-2:].mean(axis=0)
+    fused = stacked.max(axis=0) if fusion == "max" else FUSIONS[fusion](stacked)
     return fused + knn * found["knn.in"] if knn_as == "term" else fused
 
 
@@ -262,9 +262,7 @@ def frontier(runs: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
     """Every fixed fusion of ``FRONTIER``: mean AUROC by half, and the sets it leaves more
     than 0.05 below their best peer (``anomaly.py``'s table). The grid's best, picked with
     the labels, bounds what a fixed weighting of these views can reach."""
-    peers = pd.read_csv(
-        REPO / "benchmarks" / "results" / "anomaly_adbench.summary.csv", index_col=0
-    )["best_peer"]
+    peers = pd.read_csv(SUMMARY, index_col=0)["best_peer"]
     rows = []
     for values in itertools.product(*FRONTIER.values()):
         if values[2] == 0 and values[3] == "term":

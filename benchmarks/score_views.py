@@ -64,14 +64,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from anomaly import REPO, defaults, fit_peer, half, splits  # this folder: the protocol
+from anomaly import SUMMARY, defaults, fit_peer, half, splits  # this folder: the protocol
 from score_terms import kth_distance
 from sklearn.metrics import roc_auc_score
 
 BOTTLENECKS = {"d8": None, "d4": 4, "d1": 1}  # name: inputs per latent (None: the default)
 DEFAULT = "d8.col+d8.lat|mean"
 Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # the fitting, validation and test rows
-SUMMARY = REPO / "benchmarks" / "results" / "anomaly_adbench.summary.csv"
 
 
 def prepare(train: np.ndarray, test: np.ndarray, seed: int) -> Rows:

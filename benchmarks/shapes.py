@@ -52,6 +52,11 @@ def low_rank(rows: int, columns: int, rng: np.random.Generator) -> tuple[np.ndar
     return x, y
 
 
+def labelled(x: np.ndarray, normal: np.ndarray, odd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``normal`` then ``odd`` of ``x``, and their labels (1: an anomaly)."""
+    return x[np.r_[normal, odd]], np.r_[np.zeros(len(normal), int), np.ones(len(odd), int)]
+
+
 def digits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The digits at 32 x 32 pixels with light noise: 1 to 9 normal, 36 zeros odd."""
     from scipy.ndimage import zoom
@@ -61,29 +66,25 @@ def digits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     large = np.stack([zoom(image.reshape(8, 8), 4, order=1) for image in images])
     normal = np.flatnonzero(labels != 0)
     zeros = rng.choice(np.flatnonzero(labels == 0), 36, replace=False)
-    x = large[np.r_[normal, zeros]].reshape(len(normal) + len(zeros), -1)
-    x = x + rng.normal(scale=0.1, size=x.shape)
-    return x, np.r_[np.zeros(len(normal), int), np.ones(len(zeros), int)]
+    x, y = labelled(large.reshape(len(large), -1), normal, zeros)
+    return x + rng.normal(scale=0.1, size=x.shape), y
 
 
 def small(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The small sets: benign against a few malignant rows, two wine classes against a third."""
     from sklearn.datasets import load_breast_cancer, load_wine
 
-    def pick(x: np.ndarray, normal: np.ndarray, odd: np.ndarray) -> tuple[np.ndarray, ...]:
-        return x[np.r_[normal, odd]], np.r_[np.zeros(len(normal), int), np.ones(len(odd), int)]
-
     x, y = load_breast_cancer(return_X_y=True)  # 0: malignant, 1: benign
     benign, malignant = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     wine, kind = load_wine(return_X_y=True)
     return {
-        "1_wdbc": pick(x, benign, rng.choice(malignant, 10, replace=False)),
-        "2_wine": pick(
+        "1_wdbc": labelled(x, benign, rng.choice(malignant, 10, replace=False)),
+        "2_wine": labelled(
             wine,
             np.flatnonzero(kind != 0),
             rng.choice(np.flatnonzero(kind == 0), 10, replace=False),
         ),
-        "3_wdbc77": pick(
+        "3_wdbc77": labelled(
             x, rng.choice(benign, 70, replace=False), rng.choice(malignant, 7, replace=False)
         ),
     }
