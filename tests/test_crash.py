@@ -30,11 +30,12 @@ from tests.test_versioning import make_repo, sh
 pytestmark = pytest.mark.slow
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen:
+def start(*args: str, cwd: Path, api: str | None = None) -> subprocess.Popen:
+    """``aepipe args`` in ``cwd``: against the Prefect server ``api``, or a temporary one."""
     return subprocess.Popen(
         [str(AEPIPE), *args],
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env(api),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -74,7 +75,7 @@ def runs(root: Path, experiment: str) -> list:
 SYNTHETIC = {"data__image_shape": None, "data__label_col": "label", "train__device": "cpu"}
 
 
-def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path):
+def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_api):
     make_data(tmp_path / "source", rows=20000, cols=16, seed=1)
     options = SYNTHETIC | {
         "train__epochs": 40,
@@ -100,7 +101,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path):
     [dead] = runs(crashed, "sensors")
     assert dead.info.status == "RUNNING"
 
-    output = finish(start(*args, "--resume", cwd=crashed))
+    output = finish(start(*args, "--resume", cwd=crashed, api=prefect_api))
     assert "resumed" in output
     first, second = runs(crashed, "sensors")
     assert first.info.status == "FAILED"  # the dead process's run, ended by the next run
@@ -109,7 +110,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert sh("dvc", "status", cwd=crashed).returncode == 0
 
     whole = make_repo(tmp_path / "whole", **options)
-    finish(start(*args, cwd=whole))
+    finish(start(*args, cwd=whole, api=prefect_api))
     resumed = read_latents(crashed / "data/latents/sensors").sort_values("row_id")
     expected = read_latents(whole / "data/latents/sensors").sort_values("row_id")
     latents = [c for c in expected if c.startswith("z")]
@@ -117,7 +118,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path):
     np.testing.assert_allclose(resumed["anomaly_score"], expected["anomaly_score"], rtol=1e-6)
 
 
-def test_killed_export_and_scoring_leave_nothing_half_done(tmp_path):
+def test_killed_export_and_scoring_leave_nothing_half_done(tmp_path, prefect_api):
     make_data(tmp_path / "source", rows=400_000, cols=16, seed=2)
     options = SYNTHETIC | {
         "train__epochs": 1,
@@ -133,7 +134,7 @@ def test_killed_export_and_scoring_leave_nothing_half_done(tmp_path):
     assert table.count_rows() == 0  # readers skip the half-written file
     assert not (root / "data/latents/sensors/_current").exists()
 
-    finish(start(*args, cwd=root))  # not blocked by what the crash left
+    finish(start(*args, cwd=root, api=prefect_api))  # not blocked by what the crash left
     client = MlflowClient(tracking.default_uri(root))
     versions = client.search_model_versions("name = 'sensors-autoencoder'")
     assert [str(v.version) for v in versions] == ["2"]  # the dead run's version 1 was deleted
@@ -146,10 +147,10 @@ def test_killed_export_and_scoring_leave_nothing_half_done(tmp_path):
     frame.to_parquet(tmp_path / "big.parquet")
     scoring = ("score", "--source", str(tmp_path / "big.parquet"), "--dataset", "sensors")
     batch = root / "data/latents/sensors/model=2/batch=big"
-    process = start(*scoring, cwd=root)
+    process = start(*scoring, cwd=root, api=prefect_api)
     kill_when(process, lambda: batch.is_dir() and any(batch.glob(".part-0.parquet.*")))
     assert not (batch / "part-0.parquet").exists()
-    finish(start(*scoring, cwd=root))
+    finish(start(*scoring, cwd=root, api=prefect_api))
     assert len(read_latents(root / "data/latents/sensors", ["big"])) == len(frame)
     assert [p.name for p in batch.iterdir()] == ["part-0.parquet"]
     assert [r.info.status for r in runs(root, "sensors-scoring")] == ["FAILED", "FINISHED"]

@@ -37,28 +37,29 @@ def healthy(url: str) -> bool:
         return False
 
 
-def deployment_exists(env: dict, name: str) -> bool:
-    result = subprocess.run(
-        [str(BIN / "prefect"), "deployment", "inspect", name],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    return result.returncode == 0
+def deployment_exists(api: str, name: str) -> bool:
+    """Whether the server at ``api`` holds the deployment ``flow/deployment``."""
+    try:
+        with urllib.request.urlopen(f"{api}/deployments/name/{name}", timeout=2) as response:
+            return response.status == 200
+    except OSError:  # urllib's HTTPError (404) included
+        return False
 
 
 @pytest.fixture
 def processes():
     started: list[subprocess.Popen] = []
     yield started
-    for process in started:  # stop everything this test started, even when it failed
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=3)  # the test is over: no need to wait for a clean exit
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    running = [p for p in started if p.poll() is None]
+    for process in running:  # stop everything this test started, even when it failed
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 3  # the test is over: no need to wait for a clean exit
+    for process in running:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def test_prefect_deployment_run_scores_a_batch(tmp_path, processes):
@@ -120,8 +121,8 @@ def test_prefect_deployment_run_scores_a_batch(tmp_path, processes):
             start_new_session=True,
         )
     )
-    wait_for(lambda: deployment_exists(env, "score-batch/nightly"), 90, "the served deployments")
-    assert deployment_exists(env, "train-autoencoder/weekly")
+    wait_for(lambda: deployment_exists(api, "score-batch/nightly"), 90, "the served deployments")
+    assert deployment_exists(api, "train-autoencoder/weekly")
 
     run = subprocess.run(
         [
