@@ -76,7 +76,7 @@ SYNTHETIC = {"data__image_shape": None, "data__label_col": "label", "train__devi
 
 
 def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_api):
-    make_data(tmp_path / "source", rows=20000, cols=16, seed=1)
+    make_data(tmp_path / "source", rows=10000, cols=16, seed=1)
     options = SYNTHETIC | {
         "train__epochs": 40,
         "train__patience": 1000,
