@@ -60,7 +60,7 @@ def test_score_local_probe_reports_both_halves(tmp_path):
     assert even > 0.9 and odd > 0.9, default
     assert "an oracle" in done.stdout
     assert all(f"{name} " in means for name in ("stack.maha", "stack.iforest", "+stack.maha"))
-    assert "knn.in anchor<0.15 " in means
+    assert "knn.in anchor<0.15 " in means and "+gm8d.in " in means
     frontier = done.stdout.split("fixed fusions (90)")[1]
     best_even = next(line for line in frontier.splitlines() if line.startswith("best even"))
     assert float(best_even.split()[7]) >= even  # the grid holds the default
