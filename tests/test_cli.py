@@ -17,14 +17,17 @@ from tests.conftest import cli_env, write_project
 AEPIPE = Path(sys.executable).with_name("aepipe")
 
 
-def aepipe(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+def aepipe(
+    *args: str, cwd: Path, timeout: int = 240, api: str | None = None
+) -> subprocess.CompletedProcess:
+    """``aepipe args`` in ``cwd``: against the Prefect server ``api``, or a temporary one."""
     return subprocess.run(
         [str(AEPIPE), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=cli_env(),
+        env=cli_env(api),
     )
 
 
@@ -66,7 +69,7 @@ def test_ui_on_a_busy_port_fails(project):
 
 
 @pytest.mark.slow
-def test_run_on_a_csv_prints_the_summary(project, planted):
+def test_run_on_a_csv_prints_the_summary(project, planted, prefect_api):
     """At a terminal: the summary, and an epoch bar that ends before the next log line."""
     code, lines = in_terminal(
         "run",
@@ -113,7 +116,9 @@ def test_run_on_a_csv_prints_the_summary(project, planted):
     table = pd.read_parquet(project / "data/latents/planted/model=1/batch=train/part-0.parquet")
     assert len(table) == 600 and [c for c in table if c.startswith("z")] == ["z0", "z1", "z2"]
     # scoring the same rows with the registered model gives the same scores, KL included
-    scored = aepipe("score", "--source", str(planted), "--batch-id", "again", cwd=project)
+    scored = aepipe(
+        "score", "--source", str(planted), "--batch-id", "again", cwd=project, api=prefect_api
+    )
     assert scored.returncode == 0, scored.stderr[-2000:]
     again = pd.read_parquet(project / "data/latents/planted/model=1/batch=again/part-0.parquet")
     np.testing.assert_allclose(again["anomaly_score"], table["anomaly_score"], rtol=1e-5)
