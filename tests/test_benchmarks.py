@@ -31,7 +31,19 @@ def test_scale_runs_aepipe():
 
 
 def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size():
-    done = bench("benchmarks/gpu.py", "--device", "cpu", "--rows", "4096", "--steps", "3")
+    done = bench(
+        "benchmarks/gpu.py",
+        "--device",
+        "cpu",
+        "--rows",
+        "4096",
+        "--steps",
+        "3",
+        "--batches",
+        "512",
+        "--repeats",
+        "2",
+    )
     assert done.returncode in (0, 1), done.stderr
     assert "rows/s" in done.stdout and "TFLOP/s" in done.stdout
 
