@@ -95,6 +95,7 @@ class EvaluateConfig:
     latent_weight: float
     kl_weight: float
     score_trim: float
+    view_margin: float
     sample_rows: int
 
 
@@ -246,6 +247,7 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("evaluate.latent_weight", 0 <= params.evaluate.latent_weight <= 1, "in [0, 1]"),
         ("evaluate.kl_weight", params.evaluate.kl_weight >= 0, "0 or more"),
         ("evaluate.score_trim", 0 <= params.evaluate.score_trim < 1, "in [0, 1)"),
+        ("evaluate.view_margin", 0 <= params.evaluate.view_margin <= 1, "in [0, 1]"),
         ("train.epochs", params.train.epochs >= 1, "at least 1"),
         ("train.batch_size", params.train.batch_size >= 1, "at least 1"),
         (

@@ -16,7 +16,13 @@ from aecore.io import write_json
 from aecore.models import EVAL_BATCH, load_model, model_outputs, row_errors
 from aecore.normalize import Normalizer, load_samples
 from aecore.schema import read_schema
-from aecore.scorer import AnomalyScorer, FusedScorer, Reference, training_constants
+from aecore.scorer import (
+    AnomalyScorer,
+    FusedScorer,
+    Reference,
+    blend_rows,
+    training_constants,
+)
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 PLOT_ROWS = 20_000  # points in the latent map: more only hides each other
@@ -145,7 +151,12 @@ def evaluate(
     k = model.k
     scorer = make_scorer(config)
     outputs = model_outputs(model, train.x, scorer.every_prefix)  # one split at a time
-    train_scores = scorer.fit_rows(outputs, train.x).score_rows(outputs, train.x)
+    if isinstance(scorer, FusedScorer):
+        blends = blend_rows(train.x)
+        scorer.fit_rows(outputs, train.x, (model_outputs(model, blends), blends))
+    else:
+        scorer.fit_rows(outputs, train.x)
+    train_scores = scorer.score_rows(outputs, train.x)
     train_latents = outputs.embedding.copy()
     outputs = model_outputs(model, val.x, scorer.every_prefix)
     scores = scorer.score_rows(outputs, val.x)
@@ -213,7 +224,7 @@ def evaluate(
 def make_scorer(config: EvaluateConfig) -> AnomalyScorer | FusedScorer:
     """The unfitted anomaly score that ``evaluate.score`` names."""
     if config.score == "fused":
-        return FusedScorer(config.score_trim, kl=config.kl_weight > 0)
+        return FusedScorer(config.score_trim, kl=config.kl_weight > 0, margin=config.view_margin)
     return AnomalyScorer(config.latent_weight, config.kl_weight, config.score_trim)
 
 

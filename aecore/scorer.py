@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,6 +22,7 @@ BODY_POINTS = 91  # quantiles spaced evenly between the tails (every 1 % of 5 % 
 TAIL_BLOCK = 64  # inputs whose tails are looked up at once
 TAIL_BINS = 1024  # equal bins of an input's range in the tails' scoring table
 ROWS_PER_LATENT = 10  # training rows (after the trim) per latent that a latent distance needs
+BLEND_ROWS = 2000  # blends of two training rows that choose the model's views (FusedScorer)
 
 
 @dataclass
@@ -158,6 +160,31 @@ class AnomalyScorer:
             kl_scale_=float(state["kl_scale"]),
             **arrays,
         )
+
+
+def blend_rows(x: np.ndarray, rows: int = BLEND_ROWS, seed: int = 0) -> np.ndarray:
+    """Midpoints of ``rows`` random pairs of the rows of ``x`` (model inputs).
+
+    Rows that lie between two training rows, where a table made of separate groups has none.
+    """
+    if not len(x):
+        return x[:0]
+    pairs = np.random.default_rng(seed).integers(len(x), size=(2, rows))
+    return ((x[pairs[0]] + x[pairs[1]]) / 2).astype(x.dtype, copy=False)
+
+
+def share_below(training: np.ndarray, values: np.ndarray) -> float:
+    """The share of the ``training`` values that ``values`` exceed, averaged over them.
+
+    Ties count half: 0.5 when both come alike, 1 when every value lies above all of them.
+    """
+    training = np.sort(training[np.isfinite(training)])
+    values = values[np.isfinite(values)]
+    if not len(training) or not len(values):
+        return 0.5
+    below = np.searchsorted(training, values, side="left")
+    at_or_below = np.searchsorted(training, values, side="right")
+    return float(np.mean(below + at_or_below) / 2 / len(training))
 
 
 def tail_probabilities(rows: int) -> np.ndarray:
@@ -359,37 +386,59 @@ class FusedScorer:
     its ``Surprise`` among the training rows, and the score is the largest: a row odd in
     any one way is odd. Chosen on half of
     the anomaly benchmark's sets and confirmed on the other (docs/benchmarks.md).
-    Fitted attributes end in ``_``.
+
+    A latent distance does not suit every table: where the rows form separate groups, a
+    narrow code's distance from its centre ranks a row between two groups as typical,
+    and in the maximum its false alarms drown the views that see the row. Given
+    ``blends`` (rows between two training rows, ``blend_rows``), ``fit_rows`` measures how
+    far above the training rows each of the model's views ranks them (``sensitivity_``),
+    and a latent distance counts only within ``margin`` of the most sensitive view
+    (``kept_``). The column errors, the tails and the KL always count: on a table of one
+    group a blend is as typical as any row, its noise averaged, and a column error that
+    ranks blends low is right to. ``margin`` 1 keeps every view. Fitted attributes end
+    in ``_``.
     """
 
     trim: float = 0.0
     kl: bool = False
+    margin: float = 1.0
     every_prefix: ClassVar[bool] = True  # the errors from every latent width
     prefixes_: tuple[int, ...] = ()
     distances_: tuple[bool, ...] = ()  # per width: does its latent distance count?
     terms_: list[AnomalyScorer] = field(default_factory=list)
     tails_: MarginalTails = field(default_factory=MarginalTails)
     surprises_: list[Surprise] = field(default_factory=list)
+    sensitivity_: tuple[float, ...] = ()  # per model view: how far above it ranks the blends
+    kept_: tuple[bool, ...] = ()  # per view: does it count in the score? (empty: every one)
 
-    def views(self, outputs: Outputs, x: np.ndarray) -> list[np.ndarray]:
-        """Each view's values of the rows.
+    def views(
+        self, outputs: Outputs, x: np.ndarray, wanted: tuple[bool, ...] = ()
+    ) -> list[np.ndarray]:
+        """Each view's values of the rows; only the ``wanted`` ones, when given.
 
         Per latent width the column error and, where it counts, the latent distance; the
         tails; the KL.
         """
-        found = []
+        makers: list[Callable[[], np.ndarray]] = []
         for i, width in enumerate(outputs.prefixes):
             latents, errors = outputs.latents[:, :width], outputs.errors[i]
-            found.append(self.terms_[2 * i].score(latents, errors))
+            makers.append(partial(self.terms_[2 * i].score, latents, errors))
             if self.distances_[i]:
-                found.append(self.terms_[2 * i + 1].score(latents, errors))
-        found.append(self.tails_.score(x))
+                makers.append(partial(self.terms_[2 * i + 1].score, latents, errors))
+        makers.append(partial(self.tails_.score, x))
         if self.kl:
-            found.append(np.asarray(outputs.kl, np.float64))
-        return found
+            makers.append(partial(np.asarray, outputs.kl, np.float64))
+        wanted = wanted or (True,) * len(makers)
+        return [make() for make, want in zip(makers, wanted, strict=True) if want]
 
-    def fit_rows(self, outputs: Outputs, x: np.ndarray) -> FusedScorer:
-        """Fit every view and its surprise on the training rows' ``outputs`` and inputs ``x``."""
+    def fit_rows(
+        self, outputs: Outputs, x: np.ndarray, blends: tuple[Outputs, np.ndarray] | None = None
+    ) -> FusedScorer:
+        """Fit every view and its surprise on the training rows' ``outputs`` and inputs ``x``.
+
+        ``blends``: the model's outputs and the inputs of ``blend_rows(x)``, which choose
+        the model's views (``margin``); without them every view counts.
+        """
         self.prefixes_ = tuple(outputs.prefixes)
         kept = len(x) - int(len(x) * self.trim)
         self.distances_ = tuple(kept >= ROWS_PER_LATENT * width for width in self.prefixes_)
@@ -399,7 +448,25 @@ class FusedScorer:
             for weight in (0.0, 1.0):  # the column error, the latent distance
                 self.terms_.append(AnomalyScorer(weight, trim=self.trim).fit(latents, errors))
         self.tails_ = MarginalTails().fit(x)
-        self.surprises_ = [Surprise().fit(values) for values in self.views(outputs, x)]
+        found = self.views(outputs, x)
+        self.surprises_ = [Surprise().fit(values) for values in found]
+        self.sensitivity_, self.kept_ = (), ()
+        if blends is not None:
+            model_views = len(found) - 1 - int(self.kl)  # before the tails and the KL
+            blended = self.views(*blends)[:model_views]
+            self.sensitivity_ = tuple(
+                share_below(train, blend)
+                for train, blend in zip(found[:model_views], blended, strict=True)
+            )
+            least = max(self.sensitivity_) - self.margin
+            is_distance: list[bool] = []  # per width: its column error, then its distance
+            for counts in self.distances_:
+                is_distance += [False, True] if counts else [False]
+            counted = [
+                not distance or share >= least
+                for distance, share in zip(is_distance, self.sensitivity_, strict=True)
+            ]
+            self.kept_ = (*counted, *[True] * (len(found) - model_views))
         return self
 
     def score_rows(self, outputs: Outputs, x: np.ndarray) -> np.ndarray:
@@ -414,8 +481,10 @@ class FusedScorer:
                 f"given {list(outputs.prefixes)}"
             )
             raise ValueError(message)
-        views = self.views(outputs, x)
-        surprises = np.stack([s(v) for s, v in zip(self.surprises_, views, strict=True)])
+        kept = self.kept_ or (True,) * len(self.surprises_)
+        counted = [surprise for surprise, keep in zip(self.surprises_, kept, strict=True) if keep]
+        views = self.views(outputs, x, kept)  # the views that do not count are not computed
+        surprises = np.stack([s(v) for s, v in zip(counted, views, strict=True)])
         return surprises.max(axis=0).astype(np.float32)
 
     def scaled_errors(self, errors: np.ndarray) -> np.ndarray:
@@ -438,11 +507,14 @@ class FusedScorer:
             "fused": {
                 "trim": self.trim,
                 "kl": self.kl,
+                "margin": self.margin,
                 "prefixes": list(self.prefixes_),
                 "distances": list(self.distances_),
                 "terms": [term.to_dict() for term in self.terms_],
                 "tails": self.tails_.to_dict(),
                 "surprises": [surprise.to_dict() for surprise in self.surprises_],
+                "sensitivity": list(self.sensitivity_),
+                "kept": list(self.kept_),
             }
         }
 
@@ -453,6 +525,9 @@ class FusedScorer:
         return cls(
             trim=float(fused["trim"]),
             kl=bool(fused["kl"]),
+            margin=float(fused.get("margin", 1.0)),  # written before views were chosen
+            sensitivity_=tuple(float(share) for share in fused.get("sensitivity", [])),
+            kept_=tuple(bool(keep) for keep in fused.get("kept", [])),
             prefixes_=tuple(int(width) for width in fused["prefixes"]),
             # written before the rule: every latent distance counted
             distances_=tuple(

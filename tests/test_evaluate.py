@@ -197,7 +197,7 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
     from aecore.normalize import load_features, normalize
     from aecore.pipeline import run_stage
     from aecore.schema import ingest
-    from aecore.scorer import Reference
+    from aecore.scorer import Reference, blend_rows
     from aecore.train import fit_autoencoder
 
     layout = Layout(tmp_path, "planted")
@@ -219,8 +219,11 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
     model = load_model(layout.model)
     e = params.evaluate
     outputs = model_outputs(model, x[~is_val])
-    scorer = make_scorer(e).fit_rows(outputs, x[~is_val])
+    blends = blend_rows(x[~is_val])  # they choose the views that count
+    scorer = make_scorer(e).fit_rows(outputs, x[~is_val], (model_outputs(model, blends), blends))
     reference = Reference.read(layout.reference)
+    assert reference.scorer.kept_ == scorer.kept_ and reference.scorer.kept_[-1]  # the tails
+    assert len(reference.scorer.sensitivity_) == len(scorer.kept_) - 1
     val_outputs = model_outputs(model, x[is_val])
     scores = scorer.score_rows(val_outputs, x[is_val])
     np.testing.assert_allclose(reference.scorer.score_rows(val_outputs, x[is_val]), scores)

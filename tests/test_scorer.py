@@ -23,6 +23,8 @@ from aecore.scorer import (
     MarginalTails,
     Reference,
     Surprise,
+    blend_rows,
+    share_below,
     training_constants,
 )
 from aecore.train import train
@@ -231,6 +233,87 @@ def test_a_latent_distance_needs_ten_training_rows_per_latent():
     np.testing.assert_array_equal(again.score_rows(outputs, x), wide.score_rows(outputs, x))
 
 
+def test_blends_lie_between_two_training_rows_and_repeat_with_the_seed():
+    generator = np.random.default_rng(6)
+    groups = np.where(generator.random(1000) < 0.5, -5.0, 5.0)
+    x = np.column_stack([groups + generator.normal(0, 0.3, 1000), generator.normal(size=1000)])
+    blends = blend_rows(x.astype(np.float32), rows=500, seed=1)
+    assert blends.shape == (500, 2) and blends.dtype == np.float32
+    np.testing.assert_array_equal(blends, blend_rows(x.astype(np.float32), rows=500, seed=1))
+    assert (blends >= x.min(axis=0) - 1e-6).all() and (blends <= x.max(axis=0) + 1e-6).all()
+    between = np.abs(blends[:, 0]) < 1.5  # where no training row lies
+    assert 0.35 < between.mean() < 0.65 and not (np.abs(x[:, 0]) < 1.5).any()
+    assert blend_rows(x[:0]).shape == (0, 2)
+
+
+def test_share_below_is_how_far_above_the_training_values_others_rank():
+    values = np.random.default_rng(7).normal(size=1000)
+    assert share_below(values, values) == pytest.approx(0.5)
+    assert share_below(values, values + 100) == 1.0 and share_below(values, values - 100) == 0.0
+    assert share_below(np.ones(4), np.ones(2)) == 0.5  # ties count half
+    assert share_below(np.array([0.0, 1.0, np.nan]), np.array([0.5, np.nan])) == 0.5
+    assert share_below(np.zeros(0), values) == 0.5  # nothing to rank against
+
+
+def two_groups(x: np.ndarray, odd_latent: np.ndarray | None = None) -> Outputs:
+    """Outputs of a pretend model of rows in two groups along input 0 (at -3 and 3): its
+    errors grow with the distance to the nearer group, its latents are the inputs, so
+    that a latent distance from the centre finds a row between the groups typical."""
+    off = (np.abs(x[:, :1]) - 3) ** 2
+    errors = np.column_stack([off, 0.01 * x[:, 1:3] ** 2]) + 0.01
+    latents = x[:, :4].copy()
+    if odd_latent is not None:
+        latents[:, 1] = odd_latent
+    return Outputs(latents, (errors, errors * 0.5), np.zeros(len(x)), (2, 4))
+
+
+def test_the_views_that_find_blends_typical_do_not_count():
+    generator = np.random.default_rng(8)
+    x = generator.normal(size=(3000, 6))
+    x[:, 0] += np.where(generator.random(3000) < 0.5, -3.0, 3.0)
+    blends = blend_rows(x)
+    chosen = FusedScorer(trim=0.2, margin=0.15).fit_rows(
+        two_groups(x), x, (two_groups(blends), blends)
+    )
+    every = FusedScorer(trim=0.2).fit_rows(two_groups(x), x)
+    # the views: column error and latent distance at widths 2 and 4, then the tails
+    errors, distances = chosen.sensitivity_[0::2], chosen.sensitivity_[1::2]
+    assert min(errors) > 0.6 and max(distances) < 0.4  # half the blends join two groups
+    assert chosen.kept_ == (True, False, True, False, True)
+    assert every.kept_ == () and every.sensitivity_ == ()
+    rows = generator.normal(size=(3, 6))
+    rows[:, 0] = [3.0, 3.0, 0.0]  # in a group; in a group; between the groups
+    odd_latent = rows[:, 1].copy()
+    odd_latent[1] = 20.0  # far out in the latent code alone (a dropped view)
+    typical = chosen.score_rows(two_groups(x), x)
+    scores = chosen.score_rows(two_groups(rows, odd_latent), rows)
+    assert scores[0] < np.quantile(typical, 0.99) and scores[1] < np.quantile(typical, 0.99)
+    assert scores[2] > np.quantile(typical, 0.99)  # between the groups: the column error
+    flagged = every.score_rows(two_groups(rows, odd_latent), rows)[1]
+    assert flagged > every.score_rows(two_groups(x), x).max()  # where every view counts
+    again = FusedScorer.from_dict(json.loads(json.dumps(chosen.to_dict())))
+    assert (again.margin, again.kept_, again.sensitivity_) == (
+        0.15,
+        chosen.kept_,
+        pytest.approx(chosen.sensitivity_),
+    )
+    np.testing.assert_array_equal(again.score_rows(two_groups(x), x), typical)
+    one_group = generator.normal(size=(3000, 6))  # a blend averages two rows' noise away
+    blends = blend_rows(one_group)
+    flat = FusedScorer(trim=0.2, margin=0.05).fit_rows(
+        two_groups(one_group), one_group, (two_groups(blends), blends)
+    )
+    assert max(flat.sensitivity_[0::2]) < 0.5  # so the column errors rank blends low,
+    assert all(flat.kept_[0::2])  # and count all the same, as the tails do
+    older = every.to_dict()
+    for key in ("margin", "sensitivity", "kept"):
+        del older["fused"][key]  # a reference written before views were chosen: all count
+    np.testing.assert_array_equal(
+        FusedScorer.from_dict(older).score_rows(two_groups(x), x),
+        every.score_rows(two_groups(x), x),
+    )
+
+
 def test_fused_score_survives_the_scoring_reference(tmp_path):
     generator = np.random.default_rng(5)
     x = generator.normal(size=(500, 6))
@@ -287,6 +370,12 @@ def test_the_fused_score_finds_planted_outliers_through_a_trained_nested_model(p
     scorer = FusedScorer(trim=0.2).fit_rows(model_outputs(model, x[:1200]), x[:1200])
     scores = scorer.score_rows(model_outputs(model, x), x)
     assert roc_auc_score(labels, scores) > 0.95
+    blends = blend_rows(x[:1200])  # the views chosen as the evaluate stage chooses them
+    chosen = FusedScorer(trim=0.2, margin=params.evaluate.view_margin).fit_rows(
+        model_outputs(model, x[:1200]), x[:1200], (model_outputs(model, blends), blends)
+    )
+    assert chosen.kept_[-1] and sum(chosen.kept_) >= 2  # the tails, and a view of the model
+    assert roc_auc_score(labels, chosen.score_rows(model_outputs(model, x), x)) > 0.95
 
 
 def test_training_constants_are_the_columns_whose_inputs_never_change():
