@@ -22,7 +22,7 @@ BODY_POINTS = 91  # quantiles spaced evenly between the tails (every 1 % of 5 % 
 TAIL_BLOCK = 64  # inputs whose tails are looked up at once
 TAIL_BINS = 1024  # equal bins of an input's range in the tails' scoring table
 ROWS_PER_LATENT = 10  # training rows (after the trim) per latent that a latent distance needs
-BLEND_ROWS = 2000  # blends of two training rows that choose the model's views (FusedScorer)
+BLEND_ROWS = 2000  # blends of two training rows that choose the latent distances (FusedScorer)
 
 
 @dataclass
