@@ -176,15 +176,16 @@ def blend_rows(x: np.ndarray, rows: int = BLEND_ROWS, seed: int = 0) -> np.ndarr
 def share_below(training: np.ndarray, values: np.ndarray) -> float:
     """The share of the ``training`` values that ``values`` exceed, averaged over them.
 
-    Ties count half: 0.5 when both come alike, 1 when every value lies above all of them.
+    The AUROC of ``values`` against ``training`` (NaN left out). Ties count half: 0.5 when
+    both come alike, 1 when every value lies above all of them.
     """
-    training = np.sort(training[np.isfinite(training)])
-    values = values[np.isfinite(values)]
+    from sklearn.metrics import roc_auc_score  # fit time only: scoring never imports it
+
+    training, values = training[np.isfinite(training)], values[np.isfinite(values)]
     if not len(training) or not len(values):
         return 0.5
-    below = np.searchsorted(training, values, side="left")
-    at_or_below = np.searchsorted(training, values, side="right")
-    return float(np.mean(below + at_or_below) / 2 / len(training))
+    above = np.r_[np.zeros(len(training)), np.ones(len(values))]
+    return float(roc_auc_score(above, np.r_[training, values]))
 
 
 def tail_probabilities(rows: int) -> np.ndarray:
@@ -453,7 +454,8 @@ class FusedScorer:
         self.sensitivity_, self.kept_ = (), ()
         if blends is not None:
             model_views = len(found) - 1 - int(self.kl)  # before the tails and the KL
-            blended = self.views(*blends)[:model_views]
+            wanted = (True,) * model_views + (False,) * (len(found) - model_views)
+            blended = self.views(*blends, wanted)
             self.sensitivity_ = tuple(
                 share_below(train, blend)
                 for train, blend in zip(found[:model_views], blended, strict=True)
