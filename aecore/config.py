@@ -96,6 +96,8 @@ class EvaluateConfig:
     kl_weight: float
     score_trim: float
     view_margin: float
+    cluster_weight: float
+    cluster_agreement: float
     sample_rows: int
 
 
@@ -248,6 +250,8 @@ def validate(params: Params, origin: str = "params.yaml") -> None:
         ("evaluate.kl_weight", params.evaluate.kl_weight >= 0, "0 or more"),
         ("evaluate.score_trim", 0 <= params.evaluate.score_trim < 1, "in [0, 1)"),
         ("evaluate.view_margin", 0 <= params.evaluate.view_margin <= 1, "in [0, 1]"),
+        ("evaluate.cluster_weight", params.evaluate.cluster_weight >= 0, "0 or more"),
+        ("evaluate.cluster_agreement", -1 <= params.evaluate.cluster_agreement <= 1, "in [-1, 1]"),
         ("train.epochs", params.train.epochs >= 1, "at least 1"),
         ("train.batch_size", params.train.batch_size >= 1, "at least 1"),
         (

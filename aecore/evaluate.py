@@ -224,7 +224,13 @@ def evaluate(
 def make_scorer(config: EvaluateConfig) -> AnomalyScorer | FusedScorer:
     """The unfitted anomaly score that ``evaluate.score`` names."""
     if config.score == "fused":
-        return FusedScorer(config.score_trim, kl=config.kl_weight > 0, margin=config.view_margin)
+        return FusedScorer(
+            config.score_trim,
+            kl=config.kl_weight > 0,
+            margin=config.view_margin,
+            cluster_weight=config.cluster_weight,
+            agreement=config.cluster_agreement,
+        )
     return AnomalyScorer(config.latent_weight, config.kl_weight, config.score_trim)
 
 

@@ -23,6 +23,10 @@ TAIL_BLOCK = 64  # inputs whose tails are looked up at once
 TAIL_BINS = 1024  # equal bins of an input's range in the tails' scoring table
 ROWS_PER_LATENT = 10  # training rows (after the trim) per latent that a latent distance needs
 BLEND_ROWS = 2000  # blends of two training rows that choose the latent distances (FusedScorer)
+CENTRES = 32  # k-means centres of the cluster distance...
+ROWS_PER_CENTRE = 16  # ...at most one per this many training rows (fewer on small tables)
+CENTRE_ROWS = 16384  # training rows (a uniform sample) that place the centres
+AGREEMENT_ROWS = 4000  # training rows on which a view's agreement with the cluster distance is read
 
 
 @dataclass
@@ -374,6 +378,90 @@ class MarginalTails:
 
 
 @dataclass
+class ClusterDistance:
+    """How far a row lies from the nearest of the training rows' k-means centres.
+
+    A local density that keeps no training row: a row between the groups a table's rows
+    form, or in a sparse region of it, lies far from every centre, however typical each
+    of its inputs and however well the model rebuilds it. Inputs are divided by their
+    standard deviation over the training rows, so that each counts alike. ``CENTRES``
+    centres (one per ``ROWS_PER_CENTRE`` training rows on small tables, where centres of
+    a handful of rows each would score noise), placed on at most ``CENTRE_ROWS`` rows.
+    Scoring costs a product with the centres per row.
+    """
+
+    scale_: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    centres_: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    def fit(self, x: np.ndarray, seed: int = 0) -> ClusterDistance:
+        """Place the centres on the finite training rows of ``x`` ``(n, d)``."""
+        from sklearn.cluster import KMeans  # fit time only: scoring never imports it
+
+        rows = x[np.isfinite(x).all(axis=1)]
+        if len(rows) > CENTRE_ROWS:
+            rows = rows[np.random.default_rng(seed).choice(len(rows), CENTRE_ROWS, replace=False)]
+        if not len(rows):
+            rows = np.zeros((1, x.shape[1]), x.dtype)
+        std = rows.std(axis=0, dtype=np.float64)
+        self.scale_ = np.where(std > 0, std, 1.0)
+        scaled = rows / self.scale_
+        centres = min(CENTRES, max(len(rows) // ROWS_PER_CENTRE, 1))
+        kmeans = KMeans(centres, n_init=1, random_state=seed).fit(scaled)
+        self.centres_ = kmeans.cluster_centers_.astype(np.float64)
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Each row's distance to the nearest centre ``(n,)``; NaN or inf where an input is.
+
+        ``|x / s - c|² = (x * x) @ (1 / s²) - 2 x @ (c / s) + |c|²``: no scaled copy of
+        the rows, one product with the centres.
+        """
+        centres = (-2 * self.centres_ / self.scale_).T.astype(np.float32)
+        inverse = (1 / self.scale_**2).astype(np.float32)
+        norms = (self.centres_**2).sum(axis=1).astype(np.float32)
+        found = np.empty(len(x))
+        for start in range(0, len(x), SCORE_ROWS):  # bounded temporaries
+            rows = np.asarray(x[start : start + SCORE_ROWS], np.float32)
+            squared = rows @ centres
+            squared += norms
+            with np.errstate(invalid="ignore"):  # inf - inf: an infinite input, below
+                nearest = squared.min(axis=1) + (rows * rows) @ inverse
+            nearest[np.isinf(rows).any(axis=1) & ~np.isnan(rows).any(axis=1)] = np.inf
+            found[start : start + len(rows)] = np.sqrt(np.maximum(nearest, 0))
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """The centres and scales as JSON-ready values."""
+        return {"scale": self.scale_.tolist(), "centres": self.centres_.tolist()}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> ClusterDistance:
+        """Read the form ``to_dict`` writes."""
+        return cls(np.asarray(state["scale"], np.float64), np.asarray(state["centres"], np.float64))
+
+
+def agreement(
+    views: list[np.ndarray], anchor: np.ndarray, rows: int = AGREEMENT_ROWS
+) -> list[float]:
+    """Each view's Spearman correlation with ``anchor`` over ``rows`` of the training rows.
+
+    Surprises (or any values) of the same rows; a constant view, or one with a NaN, agrees
+    with nothing (0).
+    """
+    from scipy.stats import spearmanr  # fit time only
+
+    drawn = np.random.default_rng(0).permutation(len(anchor))[:rows]
+    found = []
+    anchor = anchor[drawn]
+    for view in views:
+        view = view[drawn]
+        varies = len(drawn) > 2 and np.ptp(view) > 0 and np.ptp(anchor) > 0
+        correlation = spearmanr(view, anchor)[0] if varies else 0.0
+        found.append(float(np.nan_to_num(correlation)))
+    return found
+
+
+@dataclass
 class FusedScorer:
     """The anomaly score: the most surprising of several views of a row.
 
@@ -392,17 +480,29 @@ class FusedScorer:
     narrow code's distance from its centre ranks a row between two groups as typical,
     and in the maximum its false alarms drown the views that see the row. Given
     ``blends`` (rows between two training rows, ``blend_rows``), ``fit_rows`` measures how
-    far above the training rows each of the model's views ranks them (``sensitivity_``),
-    and a latent distance counts only within ``margin`` of the most sensitive view
-    (``kept_``). The column errors, the tails and the KL always count: on a table of one
-    group a blend is as typical as any row, its noise averaged, and a column error that
-    ranks blends low is right to. ``margin`` 1 keeps every view. Fitted attributes end
-    in ``_``.
+    far above the training rows each of the model's views ranks them (``sensitivity_``;
+    the cluster distance's below, ``cluster_sensitivity_``), and a latent distance counts
+    only within ``margin`` of the most sensitive view (``kept_``). The blends choose no
+    column error, tails or KL: on a table of one group a blend is as typical as any row,
+    its noise averaged, and a column error that ranks blends low is right to. ``margin``
+    1 keeps every latent distance.
+
+    With ``cluster_weight`` above 0, a local view stands beside them: the distance to the
+    nearest k-means centre of the training rows (``ClusterDistance``), its surprise times
+    ``cluster_weight``. It sees the rows that are odd only next to their neighbours, which
+    the model rebuilds well and which lie inside every input's range. It also chooses:
+    a column error or the tails count only where their surprises agree with its own over
+    the training rows (a Spearman correlation of at least ``agreement``, ``agreement_``);
+    a view that ranks the rows unlike the local density, on a table whose anomalies are
+    local, mostly adds false alarms to the maximum. The latent distances (chosen by the
+    blends) and the KL are not chosen this way. Fitted attributes end in ``_``.
     """
 
     trim: float = 0.0
     kl: bool = False
     margin: float = 1.0
+    cluster_weight: float = 0.0
+    agreement: float = 0.0
     every_prefix: ClassVar[bool] = True  # the errors from every latent width
     prefixes_: tuple[int, ...] = ()
     distances_: tuple[bool, ...] = ()  # per width: does its latent distance count?
@@ -411,6 +511,10 @@ class FusedScorer:
     surprises_: list[Surprise] = field(default_factory=list)
     sensitivity_: tuple[float, ...] = ()  # per model view: how far above it ranks the blends
     kept_: tuple[bool, ...] = ()  # per view: does it count in the score? (empty: every one)
+    clusters_: ClusterDistance | None = None  # the local view (cluster_weight > 0)
+    cluster_surprise_: Surprise = field(default_factory=Surprise)
+    agreement_: tuple[float, ...] = ()  # per view: rank correlation with the cluster distance
+    cluster_sensitivity_: float = 0.0  # how far above the training rows it ranks the blends
 
     def views(
         self, outputs: Outputs, x: np.ndarray, wanted: tuple[bool, ...] = ()
@@ -451,25 +555,43 @@ class FusedScorer:
         self.tails_ = MarginalTails().fit(x)
         found = self.views(outputs, x)
         self.surprises_ = [Surprise().fit(values) for values in found]
-        self.sensitivity_, self.kept_ = (), ()
+        self.sensitivity_, self.kept_, self.agreement_ = (), (), ()
+        kinds = self.view_kinds()
+        kept = [True] * len(found)
+        self.clusters_, self.cluster_sensitivity_ = None, 0.0
+        if self.cluster_weight > 0:
+            self.clusters_ = ClusterDistance().fit(x)
+            local = self.clusters_.score(x)
+            self.cluster_surprise_ = Surprise().fit(local)
         if blends is not None:
-            model_views = len(found) - 1 - int(self.kl)  # before the tails and the KL
-            wanted = (True,) * model_views + (False,) * (len(found) - model_views)
-            blended = self.views(*blends, wanted)
+            model_views = kinds.index("tails")
+            blended = self.views(*blends, tuple(kind in ("error", "distance") for kind in kinds))
             self.sensitivity_ = tuple(
                 share_below(train, blend)
                 for train, blend in zip(found[:model_views], blended, strict=True)
             )
-            least = max(self.sensitivity_) - self.margin
-            is_distance: list[bool] = []  # per width: its column error, then its distance
-            for counts in self.distances_:
-                is_distance += [False, True] if counts else [False]
-            counted = [
-                not distance or share >= least
-                for distance, share in zip(is_distance, self.sensitivity_, strict=True)
-            ]
-            self.kept_ = (*counted, *[True] * (len(found) - model_views))
+            highest = max(self.sensitivity_)
+            if self.clusters_ is not None:  # the cluster distance ranks the blends too
+                self.cluster_sensitivity_ = share_below(local, self.clusters_.score(blends[1]))
+                highest = max(highest, self.cluster_sensitivity_)
+            for i, share in enumerate(self.sensitivity_):
+                kept[i] = kinds[i] != "distance" or share >= highest - self.margin
+        if self.clusters_ is not None:
+            surprises = [surprise(v) for surprise, v in zip(self.surprises_, found, strict=True)]
+            self.agreement_ = tuple(agreement(surprises, self.cluster_surprise_(local)))
+            for i, (kind, agrees) in enumerate(zip(kinds, self.agreement_, strict=True)):
+                if kind in ("error", "tails") and agrees < self.agreement:
+                    kept[i] = False
+        if blends is not None or self.clusters_ is not None:
+            self.kept_ = tuple(kept)
         return self
+
+    def view_kinds(self) -> list[str]:
+        """Each view's kind, in ``views``' order: error, distance, tails, kl."""
+        kinds: list[str] = []
+        for counts in self.distances_:  # per width: its column error, then its distance
+            kinds += ["error", "distance"] if counts else ["error"]
+        return [*kinds, "tails", *(["kl"] if self.kl else [])]
 
     def score_rows(self, outputs: Outputs, x: np.ndarray) -> np.ndarray:
         """The anomaly score of each row ``(n,)``; NaN where a view cannot be computed.
@@ -486,8 +608,11 @@ class FusedScorer:
         kept = self.kept_ or (True,) * len(self.surprises_)
         counted = [surprise for surprise, keep in zip(self.surprises_, kept, strict=True) if keep]
         views = self.views(outputs, x, kept)  # the views that do not count are not computed
-        surprises = np.stack([s(v) for s, v in zip(counted, views, strict=True)])
-        return surprises.max(axis=0).astype(np.float32)
+        surprises = [s(v) for s, v in zip(counted, views, strict=True)]
+        if self.clusters_ is not None:
+            local = self.cluster_surprise_(self.clusters_.score(x))
+            surprises.append(self.cluster_weight * local)
+        return np.stack(surprises).max(axis=0).astype(np.float32)
 
     def scaled_errors(self, errors: np.ndarray) -> np.ndarray:
         """Each column's error (from the embedding) over its training scale, ``(n, columns)``."""
@@ -517,6 +642,16 @@ class FusedScorer:
                 "surprises": [surprise.to_dict() for surprise in self.surprises_],
                 "sensitivity": list(self.sensitivity_),
                 "kept": list(self.kept_),
+                "cluster_weight": self.cluster_weight,
+                "agreement": self.agreement,
+                "agreements": list(self.agreement_),
+                "clusters": None
+                if self.clusters_ is None
+                else {
+                    "distance": self.clusters_.to_dict(),
+                    "surprise": self.cluster_surprise_.to_dict(),
+                    "sensitivity": self.cluster_sensitivity_,
+                },
             }
         }
 
@@ -524,12 +659,20 @@ class FusedScorer:
     def from_dict(cls, state: Mapping[str, Any]) -> FusedScorer:
         """Read a scorer written by ``to_dict`` (or a scoring reference that holds one)."""
         fused = state["fused"]
+        clusters = fused.get("clusters")
         return cls(
             trim=float(fused["trim"]),
             kl=bool(fused["kl"]),
             margin=float(fused.get("margin", 1.0)),  # written before views were chosen
             sensitivity_=tuple(float(share) for share in fused.get("sensitivity", [])),
             kept_=tuple(bool(keep) for keep in fused.get("kept", [])),
+            # written before the cluster distance: none
+            cluster_weight=float(fused.get("cluster_weight", 0.0)),
+            agreement=float(fused.get("agreement", 0.0)),
+            agreement_=tuple(float(a) for a in fused.get("agreements", [])),
+            clusters_=ClusterDistance.from_dict(clusters["distance"]) if clusters else None,
+            cluster_surprise_=Surprise.from_dict(clusters["surprise"]) if clusters else Surprise(),
+            cluster_sensitivity_=float(clusters["sensitivity"]) if clusters else 0.0,
             prefixes_=tuple(int(width) for width in fused["prefixes"]),
             # written before the rule: every latent distance counted
             distances_=tuple(

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,8 @@ from sklearn.model_selection import train_test_split
 from targets import verdict  # this folder: the one way a benchmark ends
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from aecore.config import Params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +147,34 @@ def fit_aepipe(
     )
     scored = pd.read_parquet(out)
     return scored.sort_values("row_id")["anomaly_score"].to_numpy(), seconds
+
+
+def trained(
+    train: np.ndarray, test: np.ndarray
+) -> tuple[Params, nn.Module, np.ndarray, np.ndarray]:
+    """Train the defaults on ``train`` through the pipeline's stages, as ``aepipe run`` does.
+
+    Returns the parameters, the model, the training rows that fit the score (the evaluate
+    stage's sample, as model inputs) and the model inputs of ``test``: for the probes.
+    """
+    from aecore.config import resolve_params
+    from aecore.layout import Layout
+    from aecore.models import load_model
+    from aecore.normalize import Normalizer, load_samples
+    from aecore.pipeline import run_stage
+
+    columns = [f"x{i}" for i in range(train.shape[1])]
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        pd.DataFrame(train, columns=columns).to_parquet(root / "train.parquet")
+        params = resolve_params(REPO / "params.yaml", str(root / "train.parquet"))
+        layout = Layout(root, params.data.dataset)
+        for stage in ("ingest", "normalize", "train"):
+            run_stage(stage, params, layout)
+        model = load_model(layout.model)
+        normalizer = Normalizer.from_json(layout.normalizer)
+        x_fit = load_samples(layout.processed, {"train": params.evaluate.sample_rows})["train"].x
+    return params, model, x_fit, normalizer.transform(pd.DataFrame(test, columns=columns))
 
 
 def pyod_detector(name: str, seed: int) -> object:
@@ -271,6 +301,24 @@ def probe_parser(doc: str, cache: str) -> argparse.ArgumentParser:
     parser.add_argument("--cache", type=Path, default=Path(cache))
     parser.add_argument("--report", action="store_true", help="report the cache, no new run")
     return parser
+
+
+def run_probe(
+    doc: str,
+    cache: str,
+    collect: Callable[[Path, int, int, Path], None],
+    report: Callable[[Path], int],
+) -> int:
+    """A caching probe's command line: ``collect`` the sets into the cache, then ``report`` it
+    (``--report``: only the report, of a cache from an earlier run)."""
+    parser = probe_parser(doc, cache)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if not args.report:
+        if args.folder is None:
+            parser.error("give the folder of *.npz files, or --report with --cache")
+        collect(args.folder, args.seeds, args.first_seed, args.cache)
+    return report(args.cache)
 
 
 def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

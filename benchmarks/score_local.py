@@ -113,15 +113,13 @@ from __future__ import annotations
 
 import itertools
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from anomaly import REPO, SUMMARY, half, probe_parser, splits  # this folder: the protocol
+from anomaly import SUMMARY, half, run_probe, splits, trained  # this folder: the protocol
 from scipy.stats import spearmanr
 from score_terms import kth_distance
 from sklearn.cluster import KMeans
@@ -197,26 +195,11 @@ def surprises(scorer: FusedScorer, outputs: Outputs, x: np.ndarray) -> np.ndarra
 def views(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
     """Every view's surprise on the test rows (the default's included), and the synthetic
     rows' surprises of the default's views."""
-    from aecore.config import resolve_params
     from aecore.evaluate import make_scorer
-    from aecore.layout import Layout
-    from aecore.models import load_model, model_outputs
-    from aecore.normalize import Normalizer, load_samples
-    from aecore.pipeline import run_stage
+    from aecore.models import model_outputs
     from aecore.scorer import Surprise
 
-    columns = [f"x{i}" for i in range(train.shape[1])]
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        pd.DataFrame(train, columns=columns).to_parquet(root / "train.parquet")
-        params = resolve_params(REPO / "params.yaml", str(root / "train.parquet"))
-        layout = Layout(root, params.data.dataset)
-        for stage in ("ingest", "normalize", "train"):
-            run_stage(stage, params, layout)
-        model = load_model(layout.model)
-        normalizer = Normalizer.from_json(layout.normalizer)
-        x_fit = load_samples(layout.processed, {"train": params.evaluate.sample_rows})["train"].x
-    x_test = normalizer.transform(pd.DataFrame(test, columns=columns))
+    params, model, x_fit, x_test = trained(train, test)
     scorer = make_scorer(params.evaluate)
     on_fit, on_test = (model_outputs(model, x, scorer.every_prefix) for x in (x_fit, x_test))
     scorer.fit_rows(on_fit, x_fit)
@@ -456,14 +439,7 @@ def report(cache: Path) -> int:
 
 
 def main() -> int:
-    parser = probe_parser(__doc__, "score_local.npz")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    if not args.report:
-        if args.folder is None:
-            parser.error("give the folder of *.npz files, or --report with --cache")
-        collect(args.folder, args.seeds, args.first_seed, args.cache)
-    return report(args.cache)
+    return run_probe(__doc__, "score_local.npz", collect, report)
 
 
 if __name__ == "__main__":

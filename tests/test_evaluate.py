@@ -224,6 +224,11 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
     reference = Reference.read(layout.reference)
     assert reference.scorer.kept_ == scorer.kept_ and reference.scorer.kept_[-1]  # the tails
     assert len(reference.scorer.sensitivity_) == len(scorer.kept_) - 1
+    # the cluster distance: its centres go with the reference, and it chose the same views
+    assert reference.scorer.cluster_weight == e.cluster_weight > 0
+    assert reference.scorer.clusters_ is not None and scorer.clusters_ is not None
+    np.testing.assert_allclose(reference.scorer.clusters_.centres_, scorer.clusters_.centres_)
+    assert reference.scorer.agreement_ == pytest.approx(scorer.agreement_)
     val_outputs = model_outputs(model, x[is_val])
     scores = scorer.score_rows(val_outputs, x[is_val])
     np.testing.assert_allclose(reference.scorer.score_rows(val_outputs, x[is_val]), scores)

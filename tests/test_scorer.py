@@ -18,11 +18,15 @@ from aecore.models import (
     save_model,
 )
 from aecore.scorer import (
+    CENTRES,
+    ROWS_PER_CENTRE,
     AnomalyScorer,
+    ClusterDistance,
     FusedScorer,
     MarginalTails,
     Reference,
     Surprise,
+    agreement,
     blend_rows,
     share_below,
     training_constants,
@@ -311,6 +315,93 @@ def test_the_views_that_find_blends_typical_do_not_count():
     np.testing.assert_array_equal(
         FusedScorer.from_dict(older).score_rows(two_groups(x), x),
         every.score_rows(two_groups(x), x),
+    )
+
+
+def test_cluster_distance_finds_rows_between_the_groups_on_inputs_of_any_scale():
+    generator = np.random.default_rng(11)
+    groups = np.array([[-6.0, -6.0, 0.0], [6.0, 6.0, 0.0]])
+    x = groups[generator.integers(2, size=3000)] + generator.normal(0, 0.5, (3000, 3))
+    x[:, 2] *= 100  # noise on a large scale: divided by its spread, it counts as the rest
+    distance = ClusterDistance().fit(x.astype(np.float32))
+    assert distance.centres_.shape == (CENTRES, 3)
+    typical = distance.score(x)
+    rows = np.array(
+        [[6.0, 6.0, 0.0], [0.0, 0.0, 0.0], [6.0, 6.0, 100.0], [np.nan, 0, 0], [np.inf, 0, 0]]
+    )
+    scores = distance.score(rows)  # in a group; between two; in a group; missing; infinite
+    assert scores[0] < np.median(typical) * 2 and scores[2] < np.quantile(typical, 0.99)
+    assert scores[1] > typical.max() and np.isnan(scores[3]) and scores[4] == np.inf
+    again = ClusterDistance.from_dict(json.loads(json.dumps(distance.to_dict())))
+    np.testing.assert_allclose(again.score(rows), scores)
+    assert ClusterDistance().fit(x[:160]).centres_.shape == (160 // ROWS_PER_CENTRE, 3)
+
+
+def test_agreement_is_the_rank_correlation_with_the_anchor():
+    anchor = np.random.default_rng(12).normal(size=5000)
+    views = [
+        anchor**3,
+        -anchor,
+        np.ones(5000),
+        anchor + np.random.default_rng(13).normal(size=5000),
+    ]
+    found = agreement(views, anchor, rows=4000)
+    assert found[:3] == [pytest.approx(1.0), pytest.approx(-1.0), 0.0]
+    assert 0.6 < found[3] < 0.8
+
+
+def local_model(x: np.ndarray, informed: bool, seed: int = 0) -> Outputs:
+    """Outputs of a pretend model of rows in two groups along input 0: its column errors
+    grow with input 0's distance to the nearer group (``informed``) or are noise."""
+    generator = np.random.default_rng(seed)
+    off = (np.abs(x[:, :1]) - 3) ** 2 if informed else generator.exponential(size=(len(x), 1))
+    errors = np.column_stack([off, 0.01 * generator.exponential(size=(len(x), 2))]) + 0.01
+    return Outputs(x[:, :4].copy(), (errors, errors * 0.5), np.zeros(len(x)), (2, 4))
+
+
+def test_the_cluster_distance_counts_and_drops_the_views_that_rank_rows_unlike_it():
+    generator = np.random.default_rng(14)
+    x = generator.normal(size=(3000, 6))
+    x += np.where(generator.random(3000) < 0.5, -3.0, 3.0)[:, None]  # two groups, each input
+    local = FusedScorer(trim=0.2, cluster_weight=0.9, agreement=0.2)
+    local.fit_rows(local_model(x, informed=False), x)
+    plain = FusedScorer(trim=0.2).fit_rows(local_model(x, informed=False), x)
+    # the views: column error and latent distance at widths 2 and 4, then the tails
+    assert local.kept_[0::2][:2] == (False, False) and local.kept_[1::2] == (True, True)
+    assert max(local.agreement_[0::2][:2]) < 0.1 and plain.clusters_ is None
+    rows = generator.normal(size=(3, 6)) + np.array([[3.0], [-3.0], [0.0]])
+    rows[2] = 0.0  # in a group; in the other; between them
+    typical = local.score_rows(local_model(x, informed=False), x)
+    scores = local.score_rows(local_model(rows, informed=False, seed=1), rows)
+    assert scores[0] < np.quantile(typical, 0.99) and scores[1] < np.quantile(typical, 0.99)
+    assert scores[2] > np.quantile(typical, 0.999)  # between the groups: the cluster distance
+    unseen = plain.score_rows(local_model(rows, informed=False, seed=1), rows)[2]
+    assert unseen < np.quantile(plain.score_rows(local_model(x, informed=False), x), 0.99)
+    informed = FusedScorer(trim=0.2, cluster_weight=0.9, agreement=0.2)
+    informed.fit_rows(local_model(x, informed=True), x)
+    assert informed.kept_[0] and informed.agreement_[0] > 0.2  # an error that agrees counts
+    blends = blend_rows(x)
+    pair = (local_model(blends, informed=False, seed=1), blends)
+    rival = FusedScorer(trim=0.2, margin=0.3, cluster_weight=0.9, agreement=-1.0)
+    rival.fit_rows(local_model(x, informed=False), x, pair)
+    alone = FusedScorer(trim=0.2, margin=0.3).fit_rows(local_model(x, informed=False), x, pair)
+    # blends between the groups lie far from every centre: the cluster distance ranks them
+    # highest, and the latent distances (blends sit at the code's centre) fall out of its margin
+    assert rival.cluster_sensitivity_ > max(rival.sensitivity_) + 0.1
+    assert alone.kept_[1::2] == (True, True) and rival.kept_[1::2] == (False, False)
+    assert all(rival.kept_[0::2])  # agreement -1: every column error and the tails count
+    again = FusedScorer.from_dict(json.loads(json.dumps(rival.to_dict())))
+    assert again.cluster_sensitivity_ == rival.cluster_sensitivity_
+    assert again.kept_ == rival.kept_
+    again = FusedScorer.from_dict(json.loads(json.dumps(local.to_dict())))
+    assert (again.cluster_weight, again.agreement, again.kept_) == (0.9, 0.2, local.kept_)
+    np.testing.assert_allclose(again.score_rows(local_model(x, informed=False), x), typical)
+    older = plain.to_dict()
+    for key in ("cluster_weight", "agreement", "agreements", "clusters"):
+        del older["fused"][key]  # a reference written before the cluster distance: none
+    np.testing.assert_array_equal(
+        FusedScorer.from_dict(older).score_rows(local_model(x, informed=False), x),
+        plain.score_rows(local_model(x, informed=False), x),
     )
 
 
