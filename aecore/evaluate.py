@@ -229,7 +229,7 @@ def make_scorer(config: EvaluateConfig) -> AnomalyScorer | FusedScorer:
             kl=config.kl_weight > 0,
             margin=config.view_margin,
             cluster_weight=config.cluster_weight,
-            agreement=config.cluster_agreement,
+            min_agreement=config.cluster_agreement,
         )
     return AnomalyScorer(config.latent_weight, config.kl_weight, config.score_trim)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,8 +26,10 @@ ROWS_PER_LATENT = 10  # training rows (after the trim) per latent that a latent 
 BLEND_ROWS = 2000  # blends of two training rows that choose the latent distances (FusedScorer)
 CENTRES = 32  # k-means centres of the cluster distance...
 ROWS_PER_CENTRE = 16  # ...at most one per this many training rows (fewer on small tables)
-CENTRE_ROWS = 16384  # training rows (a uniform sample) that place the centres
+CENTRE_ROWS = 16384  # training rows (a uniform sample) that place the centres...
+CENTRE_VALUES = 1 << 24  # ...fewer on wide tables: at most this many values
 AGREEMENT_ROWS = 4000  # training rows on which a view's agreement with the cluster distance is read
+AGREEMENT_LEAST = 50  # fewer rows with finite values: no agreement is read, every view counts
 
 
 @dataclass
@@ -396,17 +399,22 @@ class ClusterDistance:
     def fit(self, x: np.ndarray, seed: int = 0) -> ClusterDistance:
         """Place the centres on the finite training rows of ``x`` ``(n, d)``."""
         from sklearn.cluster import KMeans  # fit time only: scoring never imports it
+        from sklearn.exceptions import ConvergenceWarning
 
-        rows = x[np.isfinite(x).all(axis=1)]
-        if len(rows) > CENTRE_ROWS:
-            rows = rows[np.random.default_rng(seed).choice(len(rows), CENTRE_ROWS, replace=False)]
+        most = min(CENTRE_ROWS, max(CENTRES * ROWS_PER_CENTRE, CENTRE_VALUES // max(x.shape[1], 1)))
+        rows = x
+        if len(x) > most:  # the sample first: no copy of every row
+            rows = x[np.random.default_rng(seed).choice(len(x), most, replace=False)]
+        rows = rows[np.isfinite(rows).all(axis=1)]
         if not len(rows):
             rows = np.zeros((1, x.shape[1]), x.dtype)
         std = rows.std(axis=0, dtype=np.float64)
         self.scale_ = np.where(std > 0, std, 1.0)
         scaled = rows / self.scale_
         centres = min(CENTRES, max(len(rows) // ROWS_PER_CENTRE, 1))
-        kmeans = KMeans(centres, n_init=1, random_state=seed).fit(scaled)
+        with warnings.catch_warnings():  # fewer distinct rows than centres: some repeat
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            kmeans = KMeans(centres, n_init=1, random_state=seed).fit(scaled)
         self.centres_ = kmeans.cluster_centers_.astype(np.float64)
         return self
 
@@ -420,13 +428,17 @@ class ClusterDistance:
         inverse = (1 / self.scale_**2).astype(np.float32)
         norms = (self.centres_**2).sum(axis=1).astype(np.float32)
         found = np.empty(len(x))
-        for start in range(0, len(x), SCORE_ROWS):  # bounded temporaries
-            rows = np.asarray(x[start : start + SCORE_ROWS], np.float32)
+        step = max(SCORE_ROWS * TAIL_BLOCK // max(len(inverse), TAIL_BLOCK), 1)  # wide: fewer
+        for start in range(0, len(x), step):  # temporaries bounded, whatever the width
+            rows = np.asarray(x[start : start + step], np.float32)
             squared = rows @ centres
             squared += norms
             with np.errstate(invalid="ignore"):  # inf - inf: an infinite input, below
                 nearest = squared.min(axis=1) + (rows * rows) @ inverse
-            nearest[np.isinf(rows).any(axis=1) & ~np.isnan(rows).any(axis=1)] = np.inf
+            odd = ~np.isfinite(nearest)
+            if odd.any():  # an infinite input: infinitely far, unless another is NaN
+                bad = rows[odd]
+                nearest[odd] = np.where(np.isnan(bad).any(axis=1), np.nan, np.inf)
             found[start : start + len(rows)] = np.sqrt(np.maximum(nearest, 0))
         return found
 
@@ -445,19 +457,24 @@ def agreement(
 ) -> list[float]:
     """Each view's Spearman correlation with ``anchor`` over ``rows`` of the training rows.
 
-    Surprises (or any values) of the same rows; a constant view, or one with a NaN, agrees
-    with nothing (0).
+    Surprises (or any values) of the same rows, read where both are finite. NaN where
+    there is no evidence: fewer than ``AGREEMENT_LEAST`` such rows, or a constant
+    anchor. A constant view agrees with nothing (0).
     """
     from scipy.stats import spearmanr  # fit time only
 
     drawn = np.random.default_rng(0).permutation(len(anchor))[:rows]
-    found = []
     anchor = anchor[drawn]
+    found = []
     for view in views:
         view = view[drawn]
-        varies = len(drawn) > 2 and np.ptp(view) > 0 and np.ptp(anchor) > 0
-        correlation = spearmanr(view, anchor)[0] if varies else 0.0
-        found.append(float(np.nan_to_num(correlation)))
+        both = np.isfinite(view) & np.isfinite(anchor)
+        if both.sum() < AGREEMENT_LEAST or np.ptp(anchor[both]) == 0:
+            found.append(float("nan"))
+        elif np.ptp(view[both]) == 0:
+            found.append(0.0)
+        else:
+            found.append(float(spearmanr(view[both], anchor[both])[0]))
     return found
 
 
@@ -492,7 +509,7 @@ class FusedScorer:
     ``cluster_weight``. It sees the rows that are odd only next to their neighbours, which
     the model rebuilds well and which lie inside every input's range. It also chooses:
     a column error or the tails count only where their surprises agree with its own over
-    the training rows (a Spearman correlation of at least ``agreement``, ``agreement_``);
+    the training rows (a Spearman correlation of at least ``min_agreement``, ``agreement_``);
     a view that ranks the rows unlike the local density, on a table whose anomalies are
     local, mostly adds false alarms to the maximum. The latent distances (chosen by the
     blends) and the KL are not chosen this way. Fitted attributes end in ``_``.
@@ -502,7 +519,7 @@ class FusedScorer:
     kl: bool = False
     margin: float = 1.0
     cluster_weight: float = 0.0
-    agreement: float = 0.0
+    min_agreement: float = 0.0
     every_prefix: ClassVar[bool] = True  # the errors from every latent width
     prefixes_: tuple[int, ...] = ()
     distances_: tuple[bool, ...] = ()  # per width: does its latent distance count?
@@ -542,11 +559,13 @@ class FusedScorer:
         """Fit every view and its surprise on the training rows' ``outputs`` and inputs ``x``.
 
         ``blends``: the model's outputs and the inputs of ``blend_rows(x)``, which choose
-        the model's views (``margin``); without them every view counts.
+        the latent distances (``margin``); without them every latent distance counts. The
+        cluster distance (``cluster_weight`` above 0) chooses the column errors and the
+        tails, blends or not.
         """
         self.prefixes_ = tuple(outputs.prefixes)
-        kept = len(x) - int(len(x) * self.trim)
-        self.distances_ = tuple(kept >= ROWS_PER_LATENT * width for width in self.prefixes_)
+        typical = len(x) - int(len(x) * self.trim)
+        self.distances_ = tuple(typical >= ROWS_PER_LATENT * width for width in self.prefixes_)
         self.terms_ = []
         for i, width in enumerate(outputs.prefixes):
             latents, errors = outputs.latents[:, :width], outputs.errors[i]
@@ -580,8 +599,8 @@ class FusedScorer:
             surprises = [surprise(v) for surprise, v in zip(self.surprises_, found, strict=True)]
             self.agreement_ = tuple(agreement(surprises, self.cluster_surprise_(local)))
             for i, (kind, agrees) in enumerate(zip(kinds, self.agreement_, strict=True)):
-                if kind in ("error", "tails") and agrees < self.agreement:
-                    kept[i] = False
+                if kind in ("error", "tails") and agrees < self.min_agreement:
+                    kept[i] = False  # NaN (no evidence): it counts
         if blends is not None or self.clusters_ is not None:
             self.kept_ = tuple(kept)
         return self
@@ -643,8 +662,8 @@ class FusedScorer:
                 "sensitivity": list(self.sensitivity_),
                 "kept": list(self.kept_),
                 "cluster_weight": self.cluster_weight,
-                "agreement": self.agreement,
-                "agreements": list(self.agreement_),
+                "min_agreement": self.min_agreement,
+                "agreements": [None if np.isnan(a) else a for a in self.agreement_],
                 "clusters": None
                 if self.clusters_ is None
                 else {
@@ -668,8 +687,10 @@ class FusedScorer:
             kept_=tuple(bool(keep) for keep in fused.get("kept", [])),
             # written before the cluster distance: none
             cluster_weight=float(fused.get("cluster_weight", 0.0)),
-            agreement=float(fused.get("agreement", 0.0)),
-            agreement_=tuple(float(a) for a in fused.get("agreements", [])),
+            min_agreement=float(fused.get("min_agreement", 0.0)),
+            agreement_=tuple(
+                np.nan if a is None else float(a) for a in fused.get("agreements", [])
+            ),
             clusters_=ClusterDistance.from_dict(clusters["distance"]) if clusters else None,
             cluster_surprise_=Surprise.from_dict(clusters["surprise"]) if clusters else Surprise(),
             cluster_sensitivity_=float(clusters["sensitivity"]) if clusters else 0.0,

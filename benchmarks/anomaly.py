@@ -309,8 +309,10 @@ def run_probe(
     collect: Callable[[Path, int, int, Path], None],
     report: Callable[[Path], int],
 ) -> int:
-    """A caching probe's command line: ``collect`` the sets into the cache, then ``report`` it
-    (``--report``: only the report, of a cache from an earlier run)."""
+    """A caching probe's command line: ``collect`` the sets into the cache, then ``report``.
+
+    ``--report``: only the report, of a cache from an earlier run.
+    """
     parser = probe_parser(doc, cache)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

@@ -222,7 +222,7 @@ def test_evaluate_is_exact_on_tables_that_fit_its_samples(params, planted, tmp_p
     blends = blend_rows(x[~is_val])  # they choose the views that count
     scorer = make_scorer(e).fit_rows(outputs, x[~is_val], (model_outputs(model, blends), blends))
     reference = Reference.read(layout.reference)
-    assert reference.scorer.kept_ == scorer.kept_ and reference.scorer.kept_[-1]  # the tails
+    assert reference.scorer.kept_ == scorer.kept_ and any(reference.scorer.kept_)
     assert len(reference.scorer.sensitivity_) == len(scorer.kept_) - 1
     # the cluster distance: its centres go with the reference, and it chose the same views
     assert reference.scorer.cluster_weight == e.cluster_weight > 0

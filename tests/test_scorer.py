@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from aecore.evaluate import make_scorer
 from aecore.models import (
     DenoisingAutoencoder,
     Outputs,
@@ -335,6 +336,11 @@ def test_cluster_distance_finds_rows_between_the_groups_on_inputs_of_any_scale()
     again = ClusterDistance.from_dict(json.loads(json.dumps(distance.to_dict())))
     np.testing.assert_allclose(again.score(rows), scores)
     assert ClusterDistance().fit(x[:160]).centres_.shape == (160 // ROWS_PER_CENTRE, 3)
+    wide = np.random.default_rng(15).normal(size=(9000, 1000)).astype(np.float32)
+    distance = ClusterDistance().fit(wide[:500])  # scored in slices of fewer rows, as wide
+    scaled = wide / distance.scale_
+    direct = np.min([((scaled - centre) ** 2).sum(axis=1) for centre in distance.centres_], 0)
+    np.testing.assert_allclose(distance.score(wide), np.sqrt(direct), rtol=1e-3, atol=1e-2)
 
 
 def test_agreement_is_the_rank_correlation_with_the_anchor():
@@ -348,6 +354,11 @@ def test_agreement_is_the_rank_correlation_with_the_anchor():
     found = agreement(views, anchor, rows=4000)
     assert found[:3] == [pytest.approx(1.0), pytest.approx(-1.0), 0.0]
     assert 0.6 < found[3] < 0.8
+    gappy = anchor**3
+    gappy[::2] = np.nan  # read where both are finite: a NaN drops no view
+    assert agreement([gappy], anchor)[0] == pytest.approx(1.0)
+    no_evidence = [np.isnan(a) for a in agreement([anchor], anchor[:10])]  # too few rows
+    assert no_evidence == [True] and np.isnan(agreement([anchor], np.ones(5000))[0])
 
 
 def local_model(x: np.ndarray, informed: bool, seed: int = 0) -> Outputs:
@@ -363,7 +374,7 @@ def test_the_cluster_distance_counts_and_drops_the_views_that_rank_rows_unlike_i
     generator = np.random.default_rng(14)
     x = generator.normal(size=(3000, 6))
     x += np.where(generator.random(3000) < 0.5, -3.0, 3.0)[:, None]  # two groups, each input
-    local = FusedScorer(trim=0.2, cluster_weight=0.9, agreement=0.2)
+    local = FusedScorer(trim=0.2, cluster_weight=0.9, min_agreement=0.2)
     local.fit_rows(local_model(x, informed=False), x)
     plain = FusedScorer(trim=0.2).fit_rows(local_model(x, informed=False), x)
     # the views: column error and latent distance at widths 2 and 4, then the tails
@@ -377,12 +388,12 @@ def test_the_cluster_distance_counts_and_drops_the_views_that_rank_rows_unlike_i
     assert scores[2] > np.quantile(typical, 0.999)  # between the groups: the cluster distance
     unseen = plain.score_rows(local_model(rows, informed=False, seed=1), rows)[2]
     assert unseen < np.quantile(plain.score_rows(local_model(x, informed=False), x), 0.99)
-    informed = FusedScorer(trim=0.2, cluster_weight=0.9, agreement=0.2)
+    informed = FusedScorer(trim=0.2, cluster_weight=0.9, min_agreement=0.2)
     informed.fit_rows(local_model(x, informed=True), x)
     assert informed.kept_[0] and informed.agreement_[0] > 0.2  # an error that agrees counts
     blends = blend_rows(x)
     pair = (local_model(blends, informed=False, seed=1), blends)
-    rival = FusedScorer(trim=0.2, margin=0.3, cluster_weight=0.9, agreement=-1.0)
+    rival = FusedScorer(trim=0.2, margin=0.3, cluster_weight=0.9, min_agreement=-1.0)
     rival.fit_rows(local_model(x, informed=False), x, pair)
     alone = FusedScorer(trim=0.2, margin=0.3).fit_rows(local_model(x, informed=False), x, pair)
     # blends between the groups lie far from every centre: the cluster distance ranks them
@@ -394,15 +405,30 @@ def test_the_cluster_distance_counts_and_drops_the_views_that_rank_rows_unlike_i
     assert again.cluster_sensitivity_ == rival.cluster_sensitivity_
     assert again.kept_ == rival.kept_
     again = FusedScorer.from_dict(json.loads(json.dumps(local.to_dict())))
-    assert (again.cluster_weight, again.agreement, again.kept_) == (0.9, 0.2, local.kept_)
+    assert (again.cluster_weight, again.min_agreement, again.kept_) == (0.9, 0.2, local.kept_)
     np.testing.assert_allclose(again.score_rows(local_model(x, informed=False), x), typical)
     older = plain.to_dict()
-    for key in ("cluster_weight", "agreement", "agreements", "clusters"):
+    for key in ("cluster_weight", "min_agreement", "agreements", "clusters"):
         del older["fused"][key]  # a reference written before the cluster distance: none
+    assert FusedScorer.from_dict(older).clusters_ is None
     np.testing.assert_array_equal(
         FusedScorer.from_dict(older).score_rows(local_model(x, informed=False), x),
         plain.score_rows(local_model(x, informed=False), x),
     )
+
+
+@pytest.mark.parametrize("rows", [1, 3, 20, 200])
+def test_the_cluster_distance_on_tiny_or_constant_tables_drops_no_view_on_no_evidence(rows):
+    x = np.ones((rows, 6)) if rows == 200 else np.random.default_rng(rows).normal(size=(rows, 6))
+    x[:, 5] = np.nan if rows == 20 else x[:, 5]  # a column never seen: NaN
+    outputs = Outputs(x[:, :2], (np.abs(x[:, :3]) + 0.1,), np.zeros(rows), (2,))
+    scorer = FusedScorer(trim=0.2, cluster_weight=0.9, min_agreement=0.2, kl=True)
+    scorer.fit_rows(outputs, x)
+    assert scorer.view_kinds()[-1] == "kl" and len(scorer.kept_) == len(scorer.agreement_)
+    assert all(scorer.kept_) and all(np.isnan(scorer.agreement_))  # too few rows, or constant
+    assert scorer.clusters_.centres_.shape[0] == max(rows // ROWS_PER_CENTRE, 1)
+    again = FusedScorer.from_dict(json.loads(json.dumps(scorer.to_dict(), allow_nan=False)))
+    np.testing.assert_array_equal(again.score_rows(outputs, x), scorer.score_rows(outputs, x))
 
 
 def test_fused_score_survives_the_scoring_reference(tmp_path):
@@ -462,10 +488,12 @@ def test_the_fused_score_finds_planted_outliers_through_a_trained_nested_model(p
     scores = scorer.score_rows(model_outputs(model, x), x)
     assert roc_auc_score(labels, scores) > 0.95
     blends = blend_rows(x[:1200])  # the views chosen as the evaluate stage chooses them
-    chosen = FusedScorer(trim=0.2, margin=params.evaluate.view_margin).fit_rows(
+    chosen = make_scorer(
+        params.evaluate
+    ).fit_rows(  # the defaults, as the evaluate stage
         model_outputs(model, x[:1200]), x[:1200], (model_outputs(model, blends), blends)
     )
-    assert chosen.kept_[-1] and sum(chosen.kept_) >= 2  # the tails, and a view of the model
+    assert chosen.clusters_ is not None and sum(chosen.kept_) >= 2  # views of the model too
     assert roc_auc_score(labels, chosen.score_rows(model_outputs(model, x), x)) > 0.95
 
 
