@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from aecore.config import Params
+    from aecore.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = REPO / "benchmarks" / "results" / "anomaly_adbench.summary.csv"  # the last full run
@@ -110,28 +111,39 @@ def other_kinds() -> list[str]:
 SETTINGS: dict[str, object] = {}  # --set: parameters tried in place of params.yaml's
 
 
+def train_stages(
+    train: np.ndarray, root: Path, overrides: dict[str, object] | None = None
+) -> tuple[Params, Layout, float]:
+    """Write ``train`` as ``root/train.parquet`` and run the ingest, normalize and train
+    stages on it, as ``aepipe run --source train.parquet`` does; their seconds too."""
+    from aecore.config import resolve_params
+    from aecore.layout import Layout
+    from aecore.pipeline import run_stage
+
+    columns = [f"x{i}" for i in range(train.shape[1])]
+    pd.DataFrame(train, columns=columns).to_parquet(root / "train.parquet")
+    params = resolve_params(REPO / "params.yaml", str(root / "train.parquet"), overrides=overrides)
+    layout = Layout(root, params.data.dataset)
+    start = time.perf_counter()
+    for stage in ("ingest", "normalize", "train"):
+        run_stage(stage, params, layout)
+    return params, layout, time.perf_counter() - start
+
+
 def fit_aepipe(
     train: np.ndarray, test: np.ndarray, root: Path, kind: str | None = None
 ) -> tuple[np.ndarray, float]:
     """Fit aepipe on ``train`` as ``aepipe run --source train.parquet`` would; score ``test``."""
-    from aecore.config import resolve_params
-    from aecore.layout import Layout
     from aecore.models import load_model
     from aecore.normalize import Normalizer
     from aecore.pipeline import run_stage
     from aecore.score import score_batch
     from aecore.scorer import Reference
 
-    columns = [f"x{i}" for i in range(train.shape[1])]
-    pd.DataFrame(train, columns=columns).to_parquet(root / "train.parquet")
-    pd.DataFrame(test, columns=columns).to_parquet(root / "test.parquet")
     overrides = {**SETTINGS, **({"model.kind": kind} if kind else {})}
-    params = resolve_params(REPO / "params.yaml", str(root / "train.parquet"), overrides=overrides)
-    layout = Layout(root, params.data.dataset)
-    start = time.perf_counter()
-    for stage in ("ingest", "normalize", "train"):
-        run_stage(stage, params, layout)
-    seconds = time.perf_counter() - start
+    params, layout, seconds = train_stages(train, root, overrides)
+    columns = [f"x{i}" for i in range(test.shape[1])]
+    pd.DataFrame(test, columns=columns).to_parquet(root / "test.parquet")
     run_stage("evaluate", params, layout)  # fits the score and threshold; draws the plots
     reference = Reference.read(layout.reference)
     out = layout.partition("test", "0")
@@ -157,23 +169,15 @@ def trained(
     Returns the parameters, the model, the training rows that fit the score (the evaluate
     stage's sample, as model inputs) and the model inputs of ``test``: for the probes.
     """
-    from aecore.config import resolve_params
-    from aecore.layout import Layout
     from aecore.models import load_model
     from aecore.normalize import Normalizer, load_samples
-    from aecore.pipeline import run_stage
 
-    columns = [f"x{i}" for i in range(train.shape[1])]
     with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        pd.DataFrame(train, columns=columns).to_parquet(root / "train.parquet")
-        params = resolve_params(REPO / "params.yaml", str(root / "train.parquet"))
-        layout = Layout(root, params.data.dataset)
-        for stage in ("ingest", "normalize", "train"):
-            run_stage(stage, params, layout)
+        params, layout, _ = train_stages(train, Path(folder))
         model = load_model(layout.model)
         normalizer = Normalizer.from_json(layout.normalizer)
         x_fit = load_samples(layout.processed, {"train": params.evaluate.sample_rows})["train"].x
+    columns = [f"x{i}" for i in range(test.shape[1])]
     return params, model, x_fit, normalizer.transform(pd.DataFrame(test, columns=columns))
 
 
